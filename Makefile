@@ -1,0 +1,76 @@
+# mmserve: one Makefile for install, codegen, lint, tests and the local stack.
+SHELL := /bin/bash
+PY ?= .venv/bin/python
+TOOLS := tools/node_modules/.bin
+GOPATH_GEN := $(CURDIR)/gen/go
+GO_ENV := GO111MODULE=off GOPATH=$(GOPATH_GEN):/usr/share/gocode GOCACHE=$(CURDIR)/.cache/go-build GOFLAGS=
+PROTO_FILES := $(shell find protos -name '*.proto')
+
+.PHONY: help install install-editable install-system install-python install-node protos protos-python protos-ts protos-go \
+	      lint lint-protos breaking format test test-protos run clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install: install-system install-python install-node protos install-editable ## everything a fresh machine needs, then codegen
+
+install-system: ## Debian packages: Go toolchain and Debian's Go gRPC sources (for Go stubs)
+	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/google.golang.org/grpc ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    golang-go protobuf-compiler protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev >/dev/null; \
+	fi
+
+install-python: ## virtualenv with the CPU torch build and the project in editable mode
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements-dev.txt
+
+install-editable: ## the project itself, editable (after protos: gen/python is part of it)
+	$(PY) -m pip install -q --no-deps -e .
+
+install-node: ## pinned buf, protoc-gen-es, connect and tsc
+	cd tools && npm ci --no-fund --no-audit --loglevel=error
+
+protos: protos-python protos-ts protos-go ## regenerate every stub from protos/
+
+protos-python:
+	rm -rf gen/python && mkdir -p gen/python
+	PATH=$(CURDIR)/.venv/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=gen/python --grpc_python_out=gen/python \
+	  --mypy_out=gen/python --mypy_grpc_out=gen/python $(PROTO_FILES)
+	find gen/python/mmserve -type d -exec touch {}/__init__.py \;
+	touch gen/python/mmserve/py.typed
+
+protos-ts:
+	rm -rf gen/ts
+	$(TOOLS)/buf generate --template buf.gen.ts.yaml
+
+gen/bin/protoc-gen-go:
+	mkdir -p gen/bin
+	GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/.cache/go-build \
+	  go build -o $@ google.golang.org/protobuf/cmd/protoc-gen-go
+
+protos-go: gen/bin/protoc-gen-go
+	rm -rf gen/go
+	PATH=$(CURDIR)/gen/bin:$$PATH $(TOOLS)/buf generate --template buf.gen.go.yaml
+
+lint: lint-protos ## buf lint, ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+lint-protos:
+	$(TOOLS)/buf lint
+
+breaking: ## contracts only change compatibly: compare with main (or BREAKING_AGAINST)
+	$(TOOLS)/buf breaking --against "$${BREAKING_AGAINST:-.git#branch=main}"
+
+format: ## apply ruff fixes and formatting
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+test: ## the whole CI test suite (what .ci/run calls)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf gen .cache .pytest_cache
