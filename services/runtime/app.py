@@ -1,0 +1,269 @@
+"""What a servicer stands on: the settings, the engine, the executor and the shared job plumbing.
+
+Servicers call `run_job` (unary) or `stream_job` (server streaming) and translate the plain
+results and events to their protobuf messages; deadlines, client cancellation, job ids, queue
+wait accounting and heartbeats are handled here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mmserve.common.v1 import job_pb2, model_pb2
+from services.runtime import errors, job_protos
+from services.runtime.calls import JOB_ID_HEADER, current_call
+from services.runtime.config import ServiceSettings
+from services.runtime.engine import Engine
+from services.runtime.executor import (
+    ExecutorConfig,
+    JobContext,
+    JobEvent,
+    JobFailed,
+    JobHandle,
+    JobHeartbeat,
+    JobQueued,
+    JobStarted,
+    JobUsage,
+    SingleFlightExecutor,
+)
+from services.runtime.metrics import ServiceMetrics
+
+log = logging.getLogger("mmserve.runtime")
+T = TypeVar("T")
+
+SERVER_VERSION = "0.1.0"
+
+
+class ModelState(enum.Enum):
+    LOADING = model_pb2.MODEL_STATE_LOADING
+    WARMING_UP = model_pb2.MODEL_STATE_WARMING_UP
+    READY = model_pb2.MODEL_STATE_READY
+    FAILED = model_pb2.MODEL_STATE_FAILED
+    DRAINING = model_pb2.MODEL_STATE_DRAINING
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """First event of every stream: the job id and where it stands."""
+
+    job_id: str
+    queued: JobQueued
+
+
+def fill_job_event(reply: Any, job_id: str, event: object) -> bool:
+    """Sets `job_id` and, for the events every stream shares, the `accepted`, `queue` or
+    `heartbeat` field of a Stream*Response (all streams use these names). Returns True when the
+    event was one of them, so the servicer only maps its own events."""
+    reply.job_id = job_id
+    if isinstance(event, Accepted):
+        reply.accepted.job_id = event.job_id
+        reply.accepted.queue.CopyFrom(job_protos.queue_status(event.queued))
+    elif isinstance(event, JobQueued):
+        reply.queue.CopyFrom(job_protos.queue_status(event))
+    elif isinstance(event, JobHeartbeat):
+        reply.heartbeat.CopyFrom(job_protos.heartbeat(event))
+    else:
+        return False
+    return True
+
+
+class ServiceRuntime:
+    """One per process: owns the executor and the CPU pool, and tracks the model's state."""
+
+    def __init__(self, capability: str, settings: ServiceSettings, engine: Engine) -> None:
+        self.capability = capability
+        self.settings = settings
+        self.engine = engine
+        self.metrics = ServiceMetrics(capability)
+        self.executor = SingleFlightExecutor(
+            ExecutorConfig(
+                max_queue_size=settings.max_queue_size,
+                eta_alpha=settings.eta_alpha,
+                eta_min_samples=settings.eta_min_samples,
+                eta_base_seconds=settings.eta_base_seconds,
+                job_retention_seconds=settings.job_retention_seconds,
+            ),
+            observer=self.metrics,
+        )
+        # Decode, resize and encode run here, never on the device thread.
+        self.cpu_pool = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="cpu")
+        self.state = ModelState.LOADING
+        self.load_error = ""
+        self.load_seconds = 0.0
+
+    # --- readiness ---
+    def ensure_ready(self) -> None:
+        if self.state is ModelState.READY:
+            return
+        if self.state is ModelState.FAILED:
+            raise errors.Unavailable(f"model failed to load: {self.load_error}")
+        if self.state is ModelState.DRAINING:
+            raise errors.Unavailable("server is shutting down; retry on another replica", 1.0)
+        raise errors.Unavailable(f"model is {self.state.name.lower()}; retry shortly", 2.0)
+
+    def load(self) -> None:
+        """Loads and warms the engine (blocking; run it off the loop)."""
+        started = time.monotonic()
+        try:
+            self.engine.load()
+            self.state = ModelState.WARMING_UP
+            self.engine.warmup()
+        except Exception as exc:
+            self.state = ModelState.FAILED
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+            return
+        finally:
+            self.load_seconds = time.monotonic() - started
+        for kind, operation in self.engine.batch_operations().items():
+            self.executor.register_batch(kind, operation.fn, operation.spec)
+        info = self.engine.info()
+        self.metrics.set_model(info.family, info.model_id, info.device, info.dtype)
+        self.metrics.model_load_seconds.set(self.load_seconds)
+        self.metrics.track_device_memory(self.engine.memory_bytes)
+        self.metrics.model_ready.set(1)
+        self.state = ModelState.READY
+        log.info("model ready in %.2fs: %s", self.load_seconds, info)
+
+    # --- work ---
+    async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
+
+    def _submit(
+        self,
+        context: Any,
+        kind: str,
+        fn: Callable[[JobContext], Any] | None,
+        batch_input: Any,
+        batch_key: Hashable,
+    ) -> JobHandle:
+        self.ensure_ready()
+        remaining = context.time_remaining() if context is not None else None
+        deadline = None if remaining is None else time.monotonic() + remaining
+        handle = self.executor.submit(
+            kind, fn, batch_input=batch_input, batch_key=batch_key, deadline=deadline
+        )
+        call = current_call()
+        if call is not None:
+            call.job_id = handle.job_id
+        return handle
+
+    async def run_job(
+        self,
+        context: Any,
+        kind: str,
+        fn: Callable[[JobContext], T] | None = None,
+        *,
+        batch_input: Any = None,
+        batch_key: Hashable = None,
+    ) -> tuple[T, JobUsage]:
+        """Runs one job for a unary call; the job id goes out in the response headers at once, so
+        a client can GetJob/CancelJob it while it waits."""
+        handle = self._submit(context, kind, fn, batch_input, batch_key)
+        try:
+            if context is not None:
+                await context.send_initial_metadata(((JOB_ID_HEADER, handle.job_id),))
+            result = await handle.result()
+        except asyncio.CancelledError:
+            handle.cancel("client went away")
+            raise
+        finally:
+            self._record_queue_wait(handle)
+        snap = handle.snapshot()
+        return result, JobUsage(snap.queue_seconds, snap.run_seconds, snap.batch_size)
+
+    async def stream_job(
+        self,
+        context: Any,
+        kind: str,
+        fn: Callable[[JobContext], Any],
+    ) -> AsyncIterator[tuple[str, Accepted | JobEvent]]:
+        """Runs one job for a streaming call, yielding (job id, event): Accepted first, then the
+        executor's events with heartbeats; a failed job raises its error (the interceptor maps
+        it). Leaving the loop early, or the client going away, cancels the job."""
+        handle = self._submit(context, kind, fn, None, None)
+        try:
+            first = True
+            async for event in handle.events(heartbeat_seconds=self.settings.heartbeat_seconds):
+                if first and isinstance(event, JobQueued):
+                    first = False
+                    yield handle.job_id, Accepted(handle.job_id, event)
+                    continue
+                if isinstance(event, JobStarted):
+                    self._record_queue_wait(handle)
+                if isinstance(event, JobFailed):
+                    raise event.error
+                yield handle.job_id, event
+        finally:
+            # Runs on normal end, on client cancel (CancelledError) and on generator close.
+            handle.cancel("client went away")
+            self._record_queue_wait(handle)
+
+    def _record_queue_wait(self, handle: JobHandle) -> None:
+        call = current_call()
+        if call is not None:
+            call.queue_seconds = handle.snapshot().queue_seconds
+
+    # --- facts for GetModelInfo ---
+    def model_info(self) -> model_pb2.ModelInfo:
+        base = model_pb2.ModelInfo(
+            model_id=self.settings.model or "(built-in tiny model)",
+            revision=self.settings.revision or "",
+            state=self.state.value,
+            load_error=self.load_error,
+            load_seconds=self.load_seconds,
+            max_queue_size=self.settings.max_queue_size,
+            max_batch_size=1,
+            server_version=SERVER_VERSION,
+        )
+        if self.state in (ModelState.READY, ModelState.DRAINING):
+            info = self.engine.info()
+            base.family = info.family
+            base.model_id = info.model_id
+            base.revision = info.revision
+            base.architecture = info.architecture
+            base.dtype = info.dtype
+            base.device = info.device
+            base.attention_implementation = info.attention_implementation
+            base.compiled = info.compiled
+            base.capabilities.extend(info.capabilities)
+            batches = self.engine.batch_operations()
+            if batches:
+                base.max_batch_size = max(
+                    self.executor.effective_max_batch(kind) for kind in batches
+                )
+        return base
+
+    def close(self) -> None:
+        self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.stop()
+
+
+class JobsServicerMixin:
+    """GetJob and CancelJob, the same for every capability."""
+
+    runtime: ServiceRuntime
+
+    async def GetJob(self, request: job_pb2.GetJobRequest, context: Any) -> job_pb2.GetJobResponse:
+        return job_pb2.GetJobResponse(
+            job=job_protos.job(self.runtime.executor.get(_job_id(request)))
+        )
+
+    async def CancelJob(
+        self, request: job_pb2.CancelJobRequest, context: Any
+    ) -> job_pb2.CancelJobResponse:
+        snapshot = self.runtime.executor.cancel(_job_id(request), "cancelled by CancelJob")
+        return job_pb2.CancelJobResponse(job=job_protos.job(snapshot))
+
+
+def _job_id(request: job_pb2.GetJobRequest | job_pb2.CancelJobRequest) -> str:
+    if not request.job_id:
+        raise errors.InvalidArgument.for_field("job_id", "required")
+    return request.job_id

@@ -1,0 +1,44 @@
+"""Per-call facts shared by the interceptor and the code a call runs (a contextvar: each gRPC call
+runs in its own task, and the interceptor wraps the handler in that same task)."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass, field
+
+REQUEST_ID_HEADER = "x-request-id"
+JOB_ID_HEADER = "mmserve-job-id"
+
+
+@dataclass
+class CallInfo:
+    method: str
+    request_id: str
+    key_id: str = ""
+    peer: str = ""
+    started: float = field(default_factory=time.monotonic)
+    queue_seconds: float | None = None
+    job_id: str = ""
+
+
+_current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
+    "mmserve_call", default=None
+)
+
+
+def current_call() -> CallInfo | None:
+    return _current.get()
+
+
+def bind_call(info: CallInfo) -> contextvars.Token[CallInfo | None]:
+    return _current.set(info)
+
+
+def unbind_call(token: contextvars.Token[CallInfo | None]) -> None:
+    _current.reset(token)
+
+
+def current_request_id() -> str:
+    info = _current.get()
+    return info.request_id if info else ""

@@ -1,0 +1,117 @@
+"""Errors engines and the executor raise, free of gRPC.
+
+Each class names the canonical gRPC code it maps to; `services.runtime.status` turns them into
+statuses with google.rpc details. Engines raise these and never import grpc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad request field, as google.rpc.BadRequest.FieldViolation carries it."""
+
+    field: str  # dotted path in the request message, e.g. "params.width" or "images[2]"
+    description: str
+
+
+class ServingError(Exception):
+    """Base of every error a client should see with a specific gRPC code."""
+
+    code_name = "UNKNOWN"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServingError):
+    """The request is malformed; `violations` names the fields."""
+
+    code_name = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
+        super().__init__(message)
+        self.violations = list(violations or [])
+
+    @classmethod
+    def for_field(cls, field: str, description: str) -> InvalidArgument:
+        return cls(f"{field}: {description}", [FieldViolation(field, description)])
+
+
+class FailedPrecondition(ServingError):
+    """The request is well formed but this model or state cannot serve it."""
+
+    code_name = "FAILED_PRECONDITION"
+
+
+class NotFound(ServingError):
+    code_name = "NOT_FOUND"
+
+
+class Unimplemented(ServingError):
+    """The loaded model family has no such operation."""
+
+    code_name = "UNIMPLEMENTED"
+
+
+class ResourceExhausted(ServingError):
+    """Queue full or rate limited; the client should retry after `retry_after_seconds`."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(0.0, retry_after_seconds)
+
+
+class QueueFull(ResourceExhausted):
+    """The executor's bounded queue has no room."""
+
+
+class Unavailable(ServingError):
+    """The model is loading, failed to load, or the service is draining."""
+
+    code_name = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class JobCancelled(ServingError):
+    """The job was cancelled (client went away, CancelJob, or server drain)."""
+
+    code_name = "CANCELLED"
+
+
+class DeadlineExceeded(ServingError):
+    """The job's deadline (covering queue and run) passed."""
+
+    code_name = "DEADLINE_EXCEEDED"
+
+
+class PermissionDenied(ServingError):
+    code_name = "PERMISSION_DENIED"
+
+
+class Unauthenticated(ServingError):
+    code_name = "UNAUTHENTICATED"
+
+
+class OutOfMemory(ServingError):
+    """The device ran out of memory for this job (after any batch halving)."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's CUDA/MPS OOM errors and plain MemoryError, without importing torch."""
+    if isinstance(exc, MemoryError | OutOfMemory):
+        return True
+    name = type(exc).__name__
+    if name in {"OutOfMemoryError", "OutOfMemory"}:
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

@@ -1,0 +1,200 @@
+"""One server interceptor for what every call shares: request id, API-key auth, rate limit,
+error mapping to rich statuses, the JSON access log and call metrics.
+
+It wraps each handler's behaviour (rather than only inspecting the call) so that exceptions from
+servicers and engines are mapped in one place and the access log sees the final code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.runtime import errors
+from services.runtime.calls import REQUEST_ID_HEADER, CallInfo, bind_call, unbind_call
+from services.runtime.metrics import ServiceMetrics
+from services.runtime.security import KeyStore, RateLimiter
+from services.runtime.status import code_of, to_grpc_status
+
+access_log = logging.getLogger("mmserve.access")
+error_log = logging.getLogger("mmserve.errors")
+
+# Probes and tooling must work without keys and must not spend a caller's rate budget.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class _Status(grpc.Status):
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[Any, ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing
+
+
+class ServingInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self._keys = keys
+        self._limiter = limiter
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        open_method = method.startswith(OPEN_PREFIXES)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, metadata, open_method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, metadata, open_method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client-streaming shapes (reflection) pass through untouched
+
+    # --- the shared steps ---
+    def _new_call(self, method: str, metadata: dict[str, Any], context: Any) -> CallInfo:
+        given = metadata.get(REQUEST_ID_HEADER)
+        valid = isinstance(given, str) and _REQUEST_ID_RE.match(given)
+        info = CallInfo(method=method, request_id=given if valid else uuid.uuid4().hex)
+        info.peer = context.peer() or ""
+        return info
+
+    def _admit(self, info: CallInfo, metadata: dict[str, Any]) -> None:
+        """Auth, then rate limit (per key, or per peer host when auth is off)."""
+        if self._keys.enabled:
+            try:
+                info.key_id = self._keys.authenticate(metadata.get("authorization"))
+            except errors.Unauthenticated:
+                self._reject("auth")
+                raise
+        try:
+            self._limiter.acquire(info.key_id or info.peer.rsplit(":", 1)[0])
+        except errors.ResourceExhausted:
+            self._reject("rate_limit")
+            raise
+
+    def _reject(self, reason: str) -> None:
+        if self._metrics:
+            self._metrics.rejected.labels(reason).inc()
+
+    async def _fail(self, context: Any, info: CallInfo, exc: BaseException) -> grpc.StatusCode:
+        code = code_of(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            error_log.error(
+                "internal error in %s (request id %s)", info.method, info.request_id, exc_info=exc
+            )
+        if isinstance(exc, errors.QueueFull):
+            self._reject("queue_full")
+        status = to_grpc_status(exc, info.request_id)
+        trailing = (*status.trailing_metadata, (REQUEST_ID_HEADER, info.request_id))
+        await context.abort_with_status(_Status(status.code, status.details, trailing))
+        return code  # unreachable: abort raises
+
+    def _finish(self, info: CallInfo, code: grpc.StatusCode, open_method: bool) -> None:
+        seconds = time.monotonic() - info.started
+        if self._metrics and not open_method:
+            self._metrics.requests.labels(info.method, code.name).inc()
+            self._metrics.request_seconds.labels(info.method).observe(seconds)
+        record = {
+            "method": info.method,
+            "code": code.name,
+            "duration_ms": round(seconds * 1000, 2),
+            "queue_wait_ms": None
+            if info.queue_seconds is None
+            else round(info.queue_seconds * 1000, 2),
+            "request_id": info.request_id,
+            "job_id": info.job_id or None,
+            "key_id": info.key_id or None,
+            "peer": info.peer,
+        }
+        level = logging.DEBUG if open_method else logging.INFO
+        access_log.log(level, json.dumps(record, separators=(",", ":")))
+
+    def _wrap_unary(
+        self,
+        behaviour: Callable[..., Awaitable[Any]],
+        method: str,
+        metadata: dict[str, Any],
+        open_method: bool,
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def handle(request: Any, context: Any) -> Any:
+            info = self._new_call(method, metadata, context)
+            token = bind_call(info)
+            code = grpc.StatusCode.OK
+            try:
+                try:
+                    context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
+                    if not open_method:
+                        self._admit(info, metadata)
+                    return await behaviour(request, context)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except Exception as exc:
+                    code = code_of(exc)
+                    await self._fail(context, info, exc)
+            finally:
+                self._finish(info, code, open_method)
+                unbind_call(token)
+
+        return handle
+
+    def _wrap_stream(
+        self,
+        behaviour: Callable[..., AsyncIterator[Any]],
+        method: str,
+        metadata: dict[str, Any],
+        open_method: bool,
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
+            info = self._new_call(method, metadata, context)
+            token = bind_call(info)
+            code = grpc.StatusCode.OK
+            try:
+                try:
+                    context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
+                    if not open_method:
+                        self._admit(info, metadata)
+                    async for response in behaviour(request, context):
+                        yield response
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                except Exception as exc:
+                    code = code_of(exc)
+                    await self._fail(context, info, exc)
+            finally:
+                self._finish(info, code, open_method)
+                unbind_call(token)
+
+        return handle

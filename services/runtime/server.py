@@ -1,0 +1,202 @@
+"""Starting, serving and draining one capability process on grpc.aio.
+
+Lifecycle: bind and report NOT_SERVING at once (probes get answers while weights load), load
+and warm the engine off the loop, report SERVING; on SIGTERM report NOT_SERVING, refuse new
+work, finish queued and running jobs within the grace period, then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.runtime.app import ModelState, ServiceRuntime
+from services.runtime.config import ConfigError, ServiceSettings, load_settings
+from services.runtime.engine import Engine
+from services.runtime.interceptors import ServingInterceptor
+from services.runtime.security import KeyStore, RateLimiter
+
+log = logging.getLogger("mmserve.server")
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What a capability folder provides to be served: nothing else is needed."""
+
+    name: str  # "vision"
+    service_names: tuple[str, ...]  # full proto service names; also the health service names
+    settings_cls: type[ServiceSettings]
+    create_engine: Callable[[ServiceSettings], Engine]
+    add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None]
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    size = settings.max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(settings.min_client_ping_interval_seconds * 1000),
+        ),
+        # Envoy keeps pooled upstream connections; let it reuse them freely.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _json_object(text: str) -> dict[str, object] | None:
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, object] = {"level": record.levelname, "logger": record.name}
+        # Event lines are logged as JSON objects already: merge them rather than nest a string.
+        parsed = _json_object(message)
+        if parsed is None:
+            entry["message"] = message
+        else:
+            entry.update(parsed)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class ServiceServer:
+    """One running capability server; usable in-process by tests and by `main`."""
+
+    def __init__(self, capability: Capability, settings: ServiceSettings) -> None:
+        self.capability = capability
+        self.settings = settings
+        self.runtime = ServiceRuntime(capability.name, settings, capability.create_engine(settings))
+        keys = KeyStore.from_sources(settings.api_keys, settings.api_keys_file)
+        limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self.server = grpc.aio.server(
+            interceptors=[ServingInterceptor(keys, limiter, self.runtime.metrics)],
+            options=server_options(settings),
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        capability.add_servicers(self.server, self.runtime)
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (*capability.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                self.server,
+            )
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._stopped = asyncio.Event()
+        self._load_task: asyncio.Task[None] | None = None
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.capability.service_names):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        await self._set_health(False)
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {self.settings.host}:{self.settings.port}")
+        await self.server.start()
+        await self.runtime.executor.start()
+        if self.settings.metrics_port is not None:
+            self.metrics_port = self.runtime.metrics.serve(
+                self.settings.host, self.settings.metrics_port
+            )
+        log.info(
+            json.dumps(
+                {
+                    "event": "listening",
+                    "capability": self.capability.name,
+                    "port": self.port,
+                    "metrics_port": self.metrics_port,
+                }
+            )
+        )
+        self._load_task = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        await asyncio.to_thread(self.runtime.load)
+        if self.runtime.state is ModelState.READY:
+            await self._set_health(True)
+            log.info(json.dumps({"event": "serving", "capability": self.capability.name}))
+
+    async def wait_loaded(self) -> None:
+        if self._load_task is not None:
+            await self._load_task
+
+    async def drain_and_stop(self) -> bool:
+        """NOT_SERVING first, then finish the work in hand, then close the port."""
+        await self.health.enter_graceful_shutdown()
+        if self.runtime.state is not ModelState.FAILED:
+            self.runtime.state = ModelState.DRAINING
+        log.info(json.dumps({"event": "draining", "queued": self.runtime.executor.queue_depth}))
+        drained = await self.runtime.executor.drain(self.settings.drain_grace_seconds)
+        # Streams and unary calls whose jobs just ended still need a moment to send results.
+        await self.server.stop(grace=min(5.0, self.settings.drain_grace_seconds) or None)
+        await self.runtime.executor.close()
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        self.runtime.close()
+        self._stopped.set()
+        log.info(json.dumps({"event": "stopped", "drained": drained}))
+        return drained
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(capability: Capability, settings: ServiceSettings) -> int:
+    server = ServiceServer(capability, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    await server.drain_and_stop()
+    return 0
+
+
+def main(capability: Capability, argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m services.<capability>`."""
+    try:
+        settings = load_settings(capability.settings_cls, argv)
+    except ConfigError as exc:
+        print(f"{capability.name}: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    return asyncio.run(serve(capability, settings))
