@@ -12,7 +12,14 @@ PROTO_FILES := $(shell find protos -name '*.proto')
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: install-system install-python install-node protos install-editable ## everything a fresh machine needs, then codegen
+STAMP := .cache/install.stamp
+INSTALL_INPUTS := requirements-dev.txt requirements-models.txt pyproject.toml tools/package.json tools/package-lock.json $(PROTO_FILES)
+
+install: $(STAMP) ## everything a fresh machine needs, then codegen (skipped when nothing changed)
+
+$(STAMP): $(INSTALL_INPUTS)
+	$(MAKE) install-system install-python install-node protos install-editable
+	mkdir -p .cache && touch $@
 
 install-system: ## Debian packages: Go toolchain and Debian's Go gRPC sources (for Go stubs)
 	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/google.golang.org/grpc ]; then \
@@ -56,7 +63,7 @@ protos-go: gen/bin/protoc-gen-go
 	rm -rf gen/go
 	PATH=$(CURDIR)/gen/bin:$$PATH $(TOOLS)/buf generate --template buf.gen.go.yaml
 
-lint: lint-protos ## buf lint, ruff lint and format check
+lint: install lint-protos ## buf lint, ruff lint and format check
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
@@ -70,7 +77,7 @@ format: ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: ## the whole CI test suite (what .ci/run calls)
+test: install ## the whole CI test suite (what .ci/run calls); installs first on a fresh machine
 	$(PY) -m pytest -q
 
 clean:
