@@ -70,8 +70,8 @@ lint: install lint-protos ## buf lint, ruff lint and format check
 lint-protos:
 	$(TOOLS)/buf lint
 
-breaking: ## contracts only change compatibly: compare with main (or BREAKING_AGAINST)
-	$(TOOLS)/buf breaking --against "$${BREAKING_AGAINST:-.git#branch=main}"
+breaking: ## contracts only change compatibly: buf breaking against every earlier commit of protos/
+	bash .ci/breaking.sh
 
 format: ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
