@@ -38,7 +38,7 @@ install-editable: ## the project itself, editable (after protos: gen/python is p
 	$(PY) -m pip install -q --no-deps -e .
 
 install-node: ## pinned buf, protoc-gen-es, connect and tsc
-	cd tools && npm ci --no-fund --no-audit --loglevel=error
+	cd tools && npm install --no-fund --no-audit --loglevel=error
 
 protos: protos-python protos-ts protos-go ## regenerate every stub from protos/
 
