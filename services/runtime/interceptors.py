@@ -8,6 +8,7 @@ servicers and engines are mapped in one place and the access log sees the final 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -134,6 +135,32 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         level = logging.DEBUG if open_method else logging.INFO
         access_log.log(level, json.dumps(record, separators=(",", ":")))
 
+    @contextlib.asynccontextmanager
+    async def _call(
+        self, method: str, metadata: dict[str, Any], context: Any, open_method: bool
+    ) -> AsyncIterator[None]:
+        """Admission, error mapping, access log and metrics around one call's handler."""
+        info = self._new_call(method, metadata, context)
+        token = bind_call(info)
+        code = grpc.StatusCode.OK
+        try:
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
+            if not open_method:
+                self._admit(info, metadata)
+            yield
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:
+            code = code_of(exc)
+            await self._fail(context, info, exc)
+        finally:
+            self._finish(info, code, open_method)
+            unbind_call(token)
+
     def _wrap_unary(
         self,
         behaviour: Callable[..., Awaitable[Any]],
@@ -142,27 +169,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         open_method: bool,
     ) -> Callable[[Any, Any], Awaitable[Any]]:
         async def handle(request: Any, context: Any) -> Any:
-            info = self._new_call(method, metadata, context)
-            token = bind_call(info)
-            code = grpc.StatusCode.OK
-            try:
-                try:
-                    context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
-                    if not open_method:
-                        self._admit(info, metadata)
-                    return await behaviour(request, context)
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except grpc.aio.AbortError:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                except Exception as exc:
-                    code = code_of(exc)
-                    await self._fail(context, info, exc)
-            finally:
-                self._finish(info, code, open_method)
-                unbind_call(token)
+            async with self._call(method, metadata, context, open_method):
+                return await behaviour(request, context)
 
         return handle
 
@@ -174,27 +182,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         open_method: bool,
     ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
-            info = self._new_call(method, metadata, context)
-            token = bind_call(info)
-            code = grpc.StatusCode.OK
-            try:
-                try:
-                    context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
-                    if not open_method:
-                        self._admit(info, metadata)
-                    async for response in behaviour(request, context):
-                        yield response
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except grpc.aio.AbortError:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                except Exception as exc:
-                    code = code_of(exc)
-                    await self._fail(context, info, exc)
-            finally:
-                self._finish(info, code, open_method)
-                unbind_call(token)
+            async with self._call(method, metadata, context, open_method):
+                async for response in behaviour(request, context):
+                    yield response
 
         return handle
