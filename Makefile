@@ -6,14 +6,16 @@ GOPATH_GEN := $(CURDIR)/gen/go
 GO_ENV := GO111MODULE=off GOPATH=$(GOPATH_GEN):/usr/share/gocode GOCACHE=$(CURDIR)/.cache/go-build GOFLAGS=
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-.PHONY: help install install-editable install-system install-python install-node protos protos-python protos-ts protos-go \
+PHONY_EXTRA := run cert bench-deps
+.PHONY: $(PHONY_EXTRA) help install install-editable install-system install-python install-node protos protos-python protos-ts protos-go \
 	      lint lint-protos breaking format test test-protos run clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 STAMP := .cache/install.stamp
-INSTALL_INPUTS := requirements-dev.txt requirements-models.txt pyproject.toml tools/package.json tools/package-lock.json $(PROTO_FILES)
+INSTALL_INPUTS := requirements-dev.txt requirements-models.txt pyproject.toml tools/package.json tools/package-lock.json \
+	clients/web/package.json $(PROTO_FILES)
 
 install: $(STAMP) ## everything a fresh machine needs, then codegen (skipped when nothing changed)
 
@@ -25,6 +27,9 @@ install-system: ## Debian packages: Go toolchain and Debian's Go gRPC sources (f
 	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/google.golang.org/grpc ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    golang-go protobuf-compiler protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev >/dev/null; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
 install-python: ## virtualenv with the CPU torch build and the project in editable mode
@@ -39,6 +44,7 @@ install-editable: ## the project itself, editable (after protos: gen/python is p
 
 install-node: ## pinned buf, protoc-gen-es, connect and tsc
 	cd tools && npm install --no-fund --no-audit --loglevel=error
+	cd clients/web && npm install --no-fund --no-audit --loglevel=error
 
 protos: protos-python protos-ts protos-go ## regenerate every stub from protos/
 
@@ -79,6 +85,16 @@ format: ## apply ruff fixes and formatting
 
 test: install ## the whole CI test suite (what .ci/run calls); installs first on a fresh machine
 	$(PY) -m pytest -q
+
+run: install ## the local stack: all four services on built-in tiny models behind Envoy (Ctrl-C stops it)
+	$(PY) -m gateway.stack
+
+cert: ## a self-signed certificate for local HTTPS at the edge (browsers need it for microphones)
+	mkdir -p build/certs && openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=localhost" \
+	  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout build/certs/edge.key -out build/certs/edge.crt
+
+bench-deps: ## peers the benchmarks compare against (LitServe)
+	$(PY) -m pip install -q -r requirements-bench.txt
 
 clean:
 	rm -rf gen .cache .pytest_cache

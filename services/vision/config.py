@@ -1,0 +1,61 @@
+"""Settings of the vision service (CLI > env MMSERVE_* > TOML [vision] > defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from services.runtime.config import ServiceSettings
+
+
+class VisionSettings(ServiceSettings):
+    """mmserve vision service: CLIP, SigLIP/SigLIP2 and DINOv2/DINOv3 embeddings, similarity,
+    zero-shot classification and ranking, micro-batched on one device."""
+
+    section = "vision"
+
+    port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        9093, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 free, unset off."
+    )
+    # --- batching ---
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        description="Most requests of one kind (image or text) coalesced into one micro-batch.",
+    )
+    max_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "How long the oldest queued request waits for companions. 0 batches whatever queued "
+            "while the device was busy, so a lone client pays no wait."
+        ),
+    )
+    max_device_batch: int = Field(
+        64,
+        ge=1,
+        description=(
+            "Most images or texts in one forward pass; larger requests and batches are split "
+            "(and preprocessed while the previous part runs). Halves on out-of-memory."
+        ),
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads torch uses on CPU; 0 keeps torch's default."
+    )
+    # --- request limits ---
+    max_images_per_request: int = Field(256, ge=1, description="Most images in one request.")
+    max_texts_per_request: int = Field(256, ge=1, description="Most texts in one request.")
+    max_items_per_request: int = Field(
+        256, ge=1, description="Most items per side of ComputeSimilarity and candidates of Rank."
+    )
+    max_labels: int = Field(1000, ge=1, description="Most labels in ClassifyZeroShot.")
+    max_templates: int = Field(
+        32, ge=1, description="Most prompt templates in ClassifyZeroShot (labels x templates)."
+    )
+    max_text_chars: int = Field(2000, ge=1, description="Longest text or label, in characters.")
+    # --- defaults ---
+    default_pooling: Literal["cls", "mean"] = Field(
+        "cls", description="DINO pooling when a request leaves it unspecified."
+    )

@@ -1,0 +1,351 @@
+"""The vision engine: one embedding model (CLIP, SigLIP/SigLIP2, DINOv2/DINOv3) on one device.
+
+It knows nothing of gRPC. The servicer prepares inputs on the CPU pool (`prepare_images`,
+`prepare_texts`) and submits them as batchable jobs; the executor coalesces jobs from many
+requests and calls `embed_images_batch` / `embed_texts_batch` on the device thread. Those
+concatenate every job's items and run them in forward passes of at most `max_device_batch`
+items, halving that size (and carrying on) when the device runs out of memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from services.runtime.devices import (
+    TorchOptions,
+    device_memory_bytes,
+    dtype_name,
+    maybe_compile,
+)
+from services.runtime.engine import BatchOperation, Engine, EngineInfo
+from services.runtime.errors import FailedPrecondition, JobCancelled, is_out_of_memory
+from services.runtime.executor import BatchSpec, JobContext
+from services.runtime.model_source import discover_family
+from services.vision import loading
+from services.vision.config import VisionSettings
+from services.vision.families import Family, UnsupportedModel, describe
+from services.vision.inputs import (
+    ImageInputs,
+    ImageJob,
+    Padder,
+    TextInputs,
+    TextPreparer,
+    prepare_images,
+)
+
+log = logging.getLogger("mmserve.vision")
+
+EMBED_IMAGES = "embed_images"
+EMBED_TEXTS = "embed_texts"
+_TEXT_CAPABILITIES = ("embed_texts", "classify_zero_shot", "model_logits")
+_IMAGE_CAPABILITIES = ("embed_images", "compute_similarity", "rank")
+
+
+class VisionEngine(Engine):
+    def __init__(self, settings: VisionSettings) -> None:
+        self.settings = settings
+        self.model: Any = None
+        self.family: Family | None = None
+        self.model_id = ""
+        self.folder: Path | None = None
+        self.options: TorchOptions | None = None
+        self.image_processor: Any = None
+        self.tokenizer: Any = None
+        self._prepare_text: TextPreparer | None = None
+        self._pad: Padder | None = None
+        self.dimension = 0
+        self.text_context = 0
+        self.image_size = 0
+        self.logit_scale = 1.0
+        self.logit_bias = 0.0
+        # Items per forward pass now; starts at max_device_batch and halves on OOM.
+        self.device_batch = settings.max_device_batch
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        from transformers import AutoModel
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        self.options = TorchOptions.from_specs(
+            self.settings.device,
+            self.settings.dtype,
+            self.settings.attention,
+            self.settings.compile,
+        )
+        self.folder, self.model_id = loading.model_folder(self.settings)
+        found = discover_family(self.folder)
+        if found.library != "transformers":
+            raise UnsupportedModel(f"{self.folder} is a diffusers model, not an embedding model")
+        model = self._from_pretrained(AutoModel, self.folder)
+        model.eval().to(self.options.device)
+        self.family = describe(found.model_type, model)
+        self.image_processor = loading.load_image_processor(self.folder)
+        self.image_size = loading.image_side(self.image_processor)
+        if self.family.supports_text:
+            self._load_text_side(model)
+        self.model = self._compile(model)
+        log.info("loaded %s (%s) from %s", type(model).__name__, self.family.name, self.folder)
+
+    def _from_pretrained(self, cls: Any, folder: Path) -> Any:
+        assert self.options is not None
+        kwargs: dict[str, Any] = {"dtype": self.options.dtype}
+        try:
+            return cls.from_pretrained(folder, attn_implementation=self.options.attention, **kwargs)
+        except (ValueError, ImportError) as exc:
+            # "auto" picked sdpa or flash-attn, which some architectures lack; their default
+            # attention is then the right one. An explicit choice stays an error.
+            if self.settings.attention != "auto":
+                raise
+            log.info(
+                "attention %s not supported here (%s); using default", self.options.attention, exc
+            )
+            return cls.from_pretrained(folder, **kwargs)
+
+    def _load_text_side(self, model: Any) -> None:
+        assert self.folder is not None
+        assert self.family is not None
+        tokenizer = loading.load_tokenizer(self.folder)
+        positions = getattr(
+            getattr(model.config, "text_config", None), "max_position_embeddings", 0
+        )
+        limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else 0
+        context = min(v for v in (positions, limit) if v) if (positions or limit) else 64
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.tokenizer = tokenizer
+        self.text_context = int(context)
+        self._prepare_text = TextPreparer(tokenizer, self.text_context)
+        self._pad = Padder(
+            pad_id=int(pad_id),
+            context=self.text_context,
+            mode=self.family.text_padding,
+            left=getattr(tokenizer, "padding_side", "right") == "left",
+            with_mask="attention_mask" in tokenizer.model_input_names,
+        )
+        self.logit_scale = float(model.logit_scale.detach().float().exp().item())
+        bias = getattr(model, "logit_bias", None)
+        self.logit_bias = float(bias.detach().float().item()) if bias is not None else 0.0
+
+    def _compile(self, model: Any) -> Any:
+        """Compiles the modules the engine calls: the towers of a dual encoder (reached through
+        get_*_features, not forward) or the whole backbone."""
+        if not self.settings.compile:
+            return model
+        assert self.family is not None
+        if self.family.supports_text:
+            for name in ("vision_model", "text_model"):
+                tower = getattr(model, name, None)
+                if tower is not None:
+                    maybe_compile(tower, True)
+            return model
+        return maybe_compile(model, True)
+
+    def warmup(self) -> None:
+        """One image (and one text) through the whole path: fills caches, compiles, and learns
+        the embedding dimension."""
+        blank = Image.new("RGB", (64, 48), (127, 127, 127))
+        job = ImageJob(self.prepare_images([blank]), "cls")
+        [vectors] = self.embed_images_batch([job], [JobContext("warmup", EMBED_IMAGES)])
+        assert isinstance(vectors, np.ndarray)
+        self.dimension = int(vectors.shape[1])
+        if self.supports_text:
+            texts = self.prepare_texts(["a photo of a cat"])
+            self.embed_texts_batch([texts], [JobContext("warmup", EMBED_TEXTS)])
+
+    def close(self) -> None:
+        self.model = None
+
+    # --- facts -----------------------------------------------------------------------------
+
+    @property
+    def supports_text(self) -> bool:
+        return self.family is not None and self.family.supports_text
+
+    @property
+    def activation(self) -> str:
+        return self.family.activation if self.family is not None else ""
+
+    def info(self) -> EngineInfo:
+        assert self.options is not None
+        assert self.family is not None
+        capabilities = _IMAGE_CAPABILITIES + (_TEXT_CAPABILITIES if self.supports_text else ())
+        return EngineInfo(
+            family=self.family.name,
+            model_id=self.model_id,
+            architecture=type(self.model).__name__,
+            dtype=dtype_name(self.options.dtype),
+            device=str(self.options.device),
+            revision=self.settings.revision or "",
+            attention_implementation=str(getattr(self.model.config, "_attn_implementation", "")),
+            compiled=self.settings.compile,
+            capabilities=capabilities,
+        )
+
+    def batch_operations(self) -> dict[str, BatchOperation]:
+        spec = BatchSpec(self.settings.max_batch_size, self.settings.max_batch_wait_ms)
+        operations = {EMBED_IMAGES: BatchOperation(self.embed_images_batch, spec)}
+        if self.supports_text:
+            operations[EMBED_TEXTS] = BatchOperation(self.embed_texts_batch, spec)
+        return operations
+
+    def memory_bytes(self) -> int | None:
+        return device_memory_bytes(self.options.device) if self.options is not None else None
+
+    # --- CPU side (thread pool) --------------------------------------------------------------
+
+    def prepare_images(self, images: Sequence[Image.Image]) -> ImageInputs:
+        return prepare_images(self.image_processor, images)
+
+    def prepare_texts(self, texts: Sequence[str]) -> TextInputs:
+        if self._prepare_text is None:
+            raise self.text_unsupported()
+        return self._prepare_text(texts)
+
+    def text_unsupported(self) -> FailedPrecondition:
+        name = self.family.name if self.family is not None else "this model"
+        return FailedPrecondition(
+            f"the loaded model ({name}) is image-only: it has no text encoder, so text inputs, "
+            "zero-shot labels and model logits need a CLIP or SigLIP model"
+        )
+
+    # --- device side (executor's device thread) ----------------------------------------------
+
+    def embed_images_batch(
+        self, jobs: list[ImageJob], contexts: list[JobContext]
+    ) -> list[np.ndarray | Exception]:
+        """One micro-batch of image jobs -> one float32 (count, dim) array per job."""
+        keys = jobs[0].inputs.tensors.keys()
+        merged = {key: _concat([job.inputs.tensors[key] for job in jobs]) for key in keys}
+        poolings = [job.pooling for job in jobs for _ in range(job.inputs.count)]
+
+        def forward(rows: slice | list[int]) -> torch.Tensor:
+            chosen = poolings[rows] if isinstance(rows, slice) else [poolings[i] for i in rows]
+            return self._image_features({k: v[rows] for k, v in merged.items()}, chosen)
+
+        return self._run_items([job.inputs.count for job in jobs], contexts, forward)
+
+    def embed_texts_batch(
+        self, jobs: list[TextInputs], contexts: list[JobContext]
+    ) -> list[np.ndarray | Exception]:
+        """One micro-batch of text jobs -> one float32 (count, dim) array per job."""
+        rows_of_ids = [ids for job in jobs for ids in job.ids]
+
+        def forward(rows: slice | list[int]) -> torch.Tensor:
+            chosen = (
+                rows_of_ids[rows] if isinstance(rows, slice) else [rows_of_ids[i] for i in rows]
+            )
+            return self._text_features(chosen)
+
+        return self._run_items([job.count for job in jobs], contexts, forward)
+
+    def _run_items(
+        self,
+        counts: list[int],
+        contexts: list[JobContext],
+        forward: Callable[[slice | list[int]], torch.Tensor],
+    ) -> list[np.ndarray | Exception]:
+        """Runs every item of every job in forward passes of at most `device_batch` items.
+
+        Items of jobs cancelled meanwhile are dropped between passes. On out-of-memory the pass
+        size halves for good (later batches start from the smaller size) and the same items
+        are retried; a single item that does not fit fails its jobs with the OOM error."""
+        owners = [index for index, count in enumerate(counts) for _ in range(count)]
+        outputs: list[np.ndarray | None] = [None] * len(owners)
+        pending = list(range(len(owners)))
+        while pending:
+            pending = [i for i in pending if not contexts[owners[i]].cancelled]
+            if not pending:
+                break
+            take = pending[: self.device_batch]
+            rows: slice | list[int] = take
+            if take[-1] - take[0] == len(take) - 1:  # contiguous: a view, no gather copy
+                rows = slice(take[0], take[-1] + 1)
+            try:
+                features = forward(rows).float().cpu().numpy()
+            except Exception as exc:
+                if not is_out_of_memory(exc) or len(take) == 1:
+                    raise
+                self._halve_device_batch(len(take))
+                continue
+            for row, item in enumerate(take):
+                outputs[item] = features[row]
+            pending = pending[len(take) :]
+        return self._split(counts, contexts, owners, outputs)
+
+    def _halve_device_batch(self, failed_size: int) -> None:
+        self.device_batch = max(1, (failed_size + 1) // 2)
+        log.warning(
+            "out of memory in a %d-item forward pass; now %d", failed_size, self.device_batch
+        )
+        if self.options is not None and self.options.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _split(
+        self,
+        counts: list[int],
+        contexts: list[JobContext],
+        owners: list[int],
+        outputs: list[np.ndarray | None],
+    ) -> list[np.ndarray | Exception]:
+        results: list[np.ndarray | Exception] = []
+        start = 0
+        for index, count in enumerate(counts):
+            rows = outputs[start : start + count]
+            start += count
+            context = contexts[index]
+            if context.cancelled or any(row is None for row in rows):
+                results.append(context.cancel.error or JobCancelled("job cancelled"))
+                continue
+            results.append(np.stack(rows).astype(np.float32, copy=False))  # type: ignore[arg-type]
+        return results
+
+    @torch.inference_mode()
+    def _image_features(
+        self, tensors: dict[str, torch.Tensor], poolings: Sequence[str]
+    ) -> torch.Tensor:
+        assert self.options is not None
+        assert self.family is not None
+        inputs = {key: self._to_device(value) for key, value in tensors.items()}
+        if self.family.supports_text:
+            return _pooled(self.model.get_image_features(**inputs))
+        states = self.model(pixel_values=inputs["pixel_values"]).last_hidden_state
+        cls = states[:, 0]
+        patches = states[:, 1 + self.family.register_tokens :]
+        mean = patches.mean(dim=1)
+        use_mean = torch.tensor([p == "mean" for p in poolings], device=states.device)
+        return torch.where(use_mean[:, None], mean, cls)
+
+    @torch.inference_mode()
+    def _text_features(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        assert self._pad is not None
+        assert self.options is not None
+        batch = {key: value.to(self.options.device) for key, value in self._pad(rows).items()}
+        return _pooled(self.model.get_text_features(**batch))
+
+    def _to_device(self, value: torch.Tensor) -> torch.Tensor:
+        assert self.options is not None
+        if value.is_floating_point():
+            return value.to(self.options.device, self.options.dtype)
+        return value.to(self.options.device)
+
+
+def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    """transformers 5 returns a model output whose pooler_output holds the projected
+    embeddings; older versions returned the tensor itself."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.pooler_output

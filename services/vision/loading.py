@@ -1,0 +1,119 @@
+"""Finding the model folder and loading the model's processors.
+
+`model` is a local folder, a hub id (resolved from the local cache, see the runtime's
+prefetch), empty for the built-in tiny CLIP, or `tiny:<name>` for another built-in tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from services.runtime.model_source import ModelSource, resolve_model_dir
+from services.vision import tiny
+from services.vision.config import VisionSettings
+
+log = logging.getLogger("mmserve.vision")
+
+TINY_PREFIX = "tiny:"
+
+# The keys of a preprocessor_config.json that mean the same thing to BitImageProcessorPil
+# (resize, optional center crop, rescale, normalize), the PIL fallback below.
+_FALLBACK_KEYS = (
+    "do_resize",
+    "size",
+    "resample",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+)
+
+
+def model_folder(settings: VisionSettings) -> tuple[Path, str]:
+    """(folder, model id for GetModelInfo) for the configured model."""
+    name = settings.model.strip()
+    if not name:
+        return tiny.tiny_clip_dir(), "tiny:clip"
+    if name.startswith(TINY_PREFIX):
+        kind = name.removeprefix(TINY_PREFIX)
+        build = tiny.TINY_MODELS.get(kind)
+        if build is None:
+            known = ", ".join(TINY_PREFIX + k for k in tiny.TINY_MODELS)
+            raise ValueError(f"unknown built-in model {name!r}; use one of {known}")
+        return build(), name
+    source = ModelSource(
+        name,
+        revision=settings.revision,
+        cache_dir=str(settings.cache_dir) if settings.cache_dir else None,
+    )
+    return resolve_model_dir(source, allow_download=settings.allow_download), name
+
+
+def load_image_processor(folder: Path) -> Any:
+    """The folder's image processor. Some (DINOv3's) exist only in a torchvision version; we do
+    not install torchvision (it pulls another torch), so those fall back to a PIL processor with
+    the same resize / crop / normalization settings."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(folder)
+    except ImportError as exc:
+        if "torchvision" not in str(exc).lower():
+            raise
+        reason = str(exc).strip().splitlines()[0]
+        log.warning("image processor needs torchvision (%s); using a PIL equivalent", reason)
+        return _pil_fallback(folder)
+
+
+def _pil_fallback(folder: Path) -> Any:
+    from transformers import BitImageProcessorPil
+
+    config = _preprocessor_config(folder)
+    kwargs = {key: config[key] for key in _FALLBACK_KEYS if config.get(key) is not None}
+    # A missing do_center_crop means "no crop" for these processors; Bit's default is to crop.
+    kwargs["do_center_crop"] = bool(config.get("do_center_crop") or False)
+    kwargs["do_convert_rgb"] = True
+    return BitImageProcessorPil(**kwargs)
+
+
+def _preprocessor_config(folder: Path) -> dict[str, Any]:
+    for name, key in (
+        ("preprocessor_config.json", None),
+        ("processor_config.json", "image_processor"),
+    ):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            section = data.get(key, {}) if key else data
+            if isinstance(section, dict) and section:
+                return section
+    raise FileNotFoundError(f"{folder} has no image processor configuration")
+
+
+def load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def image_side(processor: Any) -> int:
+    """The square side the processor hands the model, in pixels (0 when it varies, as with
+    SigLIP2's aspect-preserving patches)."""
+    for attr in ("crop_size", "size"):
+        if attr == "crop_size" and not getattr(processor, "do_center_crop", False):
+            continue
+        size = getattr(processor, attr, None)
+        if size is None:
+            continue
+        if not isinstance(size, dict):
+            size = dict(size.items()) if hasattr(size, "items") else vars(size)
+        for key in ("height", "shortest_edge"):
+            value = size.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return 0

@@ -1,0 +1,93 @@
+"""Settings of the vl service: the shared server settings plus chat limits, image resolution
+bounds and the batching option."""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from services.runtime.config import ServiceSettings
+
+# Qwen2-VL / Qwen2.5-VL resize images so that width * height lands in [min_pixels, max_pixels],
+# in 28x28 units (one image token each after the 2x2 merge). These are the numbers Qwen's model
+# cards use: at least 4 units (one token), by default at most 1280 tokens, and at most 16384.
+_PIXEL_UNIT = 28 * 28
+QWEN_MIN_PIXELS = 4 * _PIXEL_UNIT  # 3136
+QWEN_DEFAULT_MAX_PIXELS = 1280 * _PIXEL_UNIT  # 1003520
+QWEN_MAX_PIXELS = 16384 * _PIXEL_UNIT  # 12845056
+
+
+class VLSettings(ServiceSettings):
+    """mmserve vl: chat about images with Qwen2.5-VL, Qwen2-VL or any transformers
+    image-text-to-text model, unary and token streaming."""
+
+    section = "vl"
+
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        9092, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 free, unset off."
+    )
+    # --- chat limits (reported in GetModelInfo.limits) ---
+    max_context_tokens: int = Field(
+        0,
+        ge=0,
+        description="Context length (prompt + answer) in tokens; 0 uses the model's own, a "
+        "smaller value caps it (memory).",
+    )
+    default_max_new_tokens: int = Field(
+        256, ge=1, description="max_new_tokens of requests that leave it unset."
+    )
+    max_new_tokens: int = Field(
+        4096, ge=1, description="Upper bound of a request's max_new_tokens (larger is capped)."
+    )
+    max_messages: int = Field(64, ge=1, description="Most messages per request.")
+    max_images: int = Field(16, ge=0, description="Most images per request, all messages.")
+    # --- image resolution (Qwen-style min/max pixel bounds of the image processor) ---
+    default_min_pixels: int = Field(
+        QWEN_MIN_PIXELS, ge=1, description="Default lower bound of width*height after resizing."
+    )
+    default_max_pixels: int = Field(
+        QWEN_DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="Default upper bound of width*height after resizing (image tokens grow "
+        "with it).",
+    )
+    resolution_min_pixels: int = Field(
+        QWEN_MIN_PIXELS, ge=1, description="Smallest min_pixels a request may ask for."
+    )
+    resolution_max_pixels: int = Field(
+        QWEN_MAX_PIXELS, ge=1, description="Largest max_pixels a request may ask for."
+    )
+    # --- concurrency ---
+    batching: bool = Field(
+        False,
+        description="Batch queued unary Chat requests that arrive together into one generate "
+        "call (left padding); off by default, see bench/results/vl.md.",
+    )
+    batch_max_size: int = Field(8, ge=1, description="Most requests in one batched generate.")
+    batch_max_wait_ms: float = Field(
+        10.0, ge=0, description="How long the first queued request waits for batch companions."
+    )
+    # --- model ---
+    trust_remote_code: bool = Field(
+        False, description="Allow model folders that ship their own Python code (auto_map)."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        if self.default_max_new_tokens > self.max_new_tokens:
+            raise ValueError("default_max_new_tokens must be <= max_new_tokens")
+        if self.resolution_min_pixels > self.resolution_max_pixels:
+            raise ValueError("resolution_min_pixels must be <= resolution_max_pixels")
+        if not (
+            self.resolution_min_pixels
+            <= self.default_min_pixels
+            <= self.default_max_pixels
+            <= self.resolution_max_pixels
+        ):
+            raise ValueError(
+                "need resolution_min_pixels <= default_min_pixels <= default_max_pixels "
+                "<= resolution_max_pixels"
+            )
+        return self

@@ -1,0 +1,78 @@
+"""Helpers of the t2i tests: requests, error details, reference pipelines and images."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+from google.rpc import error_details_pb2, status_pb2
+from PIL import Image
+
+from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
+from services.runtime.images import encode_image
+from services.t2i.capability import CAPABILITY
+from tests.support.servers import running_server
+
+PROMPT = "a red cat on a blue house"
+
+
+def params(**fields: Any) -> t2i_pb2.GenerationParams:
+    fields.setdefault("prompt", PROMPT)
+    return t2i_pb2.GenerationParams(**fields)
+
+
+@asynccontextmanager
+async def served(argv: list[str]) -> AsyncIterator[t2i_pb2_grpc.ImageGenerationServiceStub]:
+    """An in-process t2i server (loaded and warm) and a stub connected to it."""
+    async with running_server(CAPABILITY, ["--warmup-steps", "1", *argv]) as server:
+        assert server.runtime.load_error == ""
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield t2i_pb2_grpc.ImageGenerationServiceStub(channel)
+
+
+def field_violations(exc: grpc.aio.AioRpcError) -> list[str]:
+    """The BadRequest field names a client receives."""
+    fields: list[str] = []
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    fields.extend(v.field for v in bad.field_violations)
+    return fields
+
+
+def generators(seed: int, count: int) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
+
+
+def png_bytes(images: list[Image.Image]) -> list[bytes]:
+    return [encode_image(image, "PNG") for image in images]
+
+
+def pixels(data: bytes) -> np.ndarray[Any, Any]:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def load_reference(folder: Path, cls: Any) -> Any:
+    """The same model folder loaded in this process with the plain diffusers API."""
+    pipe = cls.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def solid_png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
+    """An input image with some structure (a gradient over a colour), as PNG."""
+    width, height = size
+    ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    base = np.array(color, dtype=np.float32)[None, None, :]
+    array = np.clip(base * 0.5 + ramp * 0.5, 0, 255).astype(np.uint8)
+    array = np.broadcast_to(array, (height, width, 3)).copy()
+    return encode_image(Image.fromarray(array, "RGB"), "PNG")

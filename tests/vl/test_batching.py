@@ -1,0 +1,64 @@
+"""The batching option: queued unary requests share one left-padded generate call and still
+get exactly their own greedy answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from services.vl.capability import CAPABILITY
+from tests.support.servers import running_server
+from tests.vl.helpers import (
+    USER,
+    Reference,
+    collect,
+    image,
+    message,
+    picture,
+    request,
+    stream_text,
+    stub,
+    text,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def vl():
+    # A generous wait so that requests decoded by a busy CI machine still meet in one batch.
+    argv = ["--batching", "--batch-max-size", "4", "--batch-max-wait-ms", "500"]
+    async with running_server(CAPABILITY, argv) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield stub(channel)
+
+
+async def test_concurrent_requests_are_batched_and_answered_exactly(
+    vl, qwen25_reference: Reference
+) -> None:
+    # Different prompt lengths (left padding), image counts and sizes, and answer lengths.
+    first, second = picture(200, 100, seed=12), picture(56, 100, seed=13)
+    chats = [
+        request(message(USER, image(picture(120, 90, seed=10)), text("What?")), max_new_tokens=12),
+        request(
+            message(USER, image(picture(64, 64, seed=11)), text("Describe it in detail, please.")),
+            max_new_tokens=20,
+        ),
+        request(message(USER, image(first), image(second), text("Compare.")), max_new_tokens=16),
+        request(message(USER, image(picture(90, 90, seed=14)), text("Hi")), max_new_tokens=8),
+    ]
+    replies = await asyncio.gather(*(vl.Chat(chat, timeout=120) for chat in chats))
+    assert max(reply.usage.batch_size for reply in replies) > 1
+    for chat, reply in zip(chats, replies, strict=True):
+        expected, generated = qwen25_reference.greedy(chat, chat.sampling.max_new_tokens)
+        assert reply.text == expected
+        assert reply.usage.output_tokens == generated
+
+
+async def test_streams_still_work_with_batching_on(vl) -> None:
+    chat = request(message(USER, image(picture(64, 48, seed=15)), text("Hi")), max_new_tokens=8)
+    unary = await vl.Chat(chat, timeout=120)
+    assert stream_text(await collect(vl.StreamChat(chat, timeout=120))) == unary.text
