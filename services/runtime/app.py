@@ -151,9 +151,26 @@ class ServiceRuntime:
             kind, fn, batch_input=batch_input, batch_key=batch_key, deadline=deadline
         )
         call = current_call()
-        if call is not None:
+        if call is not None and not call.job_id:
             call.job_id = handle.job_id
         return handle
+
+    async def _announce(self, context: Any, handle: JobHandle) -> None:
+        """Sends the job-id header once per call, so a client can GetJob/CancelJob while it
+        waits. The write runs in a shielded task: a sibling job of the same call that fails
+        while it is in flight must not cancel it, because grpc refuses to send a status while
+        initial metadata is half written (the interceptor settles it before the status)."""
+        if context is None:
+            return
+        call = current_call()
+        if call is None:
+            await context.send_initial_metadata(((JOB_ID_HEADER, handle.job_id),))
+            return
+        if call.job_header is None:
+            call.job_header = asyncio.ensure_future(
+                context.send_initial_metadata(((JOB_ID_HEADER, handle.job_id),))
+            )
+        await asyncio.shield(call.job_header)
 
     async def run_job(
         self,
@@ -164,12 +181,11 @@ class ServiceRuntime:
         batch_input: Any = None,
         batch_key: Hashable = None,
     ) -> tuple[T, JobUsage]:
-        """Runs one job for a unary call; the job id goes out in the response headers at once, so
-        a client can GetJob/CancelJob it while it waits."""
+        """Runs one job for a unary call; the job id goes out in the response headers at once
+        (the first job's, when a call runs several)."""
         handle = self._submit(context, kind, fn, batch_input, batch_key)
         try:
-            if context is not None:
-                await context.send_initial_metadata(((JOB_ID_HEADER, handle.job_id),))
+            await self._announce(context, handle)
             result = await handle.result()
         except asyncio.CancelledError:
             handle.cancel("client went away")
@@ -183,12 +199,16 @@ class ServiceRuntime:
         self,
         context: Any,
         kind: str,
-        fn: Callable[[JobContext], Any],
+        fn: Callable[[JobContext], Any] | None = None,
+        *,
+        batch_input: Any = None,
+        batch_key: Hashable = None,
     ) -> AsyncIterator[tuple[str, Accepted | JobEvent]]:
         """Runs one job for a streaming call, yielding (job id, event): Accepted first, then the
         executor's events with heartbeats; a failed job raises its error (the interceptor maps
-        it). Leaving the loop early, or the client going away, cancels the job."""
-        handle = self._submit(context, kind, fn, None, None)
+        it). Leaving the loop early, or the client going away, cancels the job. A batch kind's
+        job streams too: its batch operation emits on each job's own context."""
+        handle = self._submit(context, kind, fn, batch_input, batch_key)
         try:
             first = True
             async for event in handle.events(heartbeat_seconds=self.settings.heartbeat_seconds):

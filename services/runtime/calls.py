@@ -3,6 +3,7 @@ runs in its own task, and the interceptor wraps the handler in that same task)."
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,13 @@ class CallInfo:
     started: float = field(default_factory=time.monotonic)
     queue_seconds: float | None = None
     job_id: str = ""
+    # gRPC sends initial metadata once per call; an RPC that runs several jobs announces the
+    # first one, and the status must wait until that write is done (see settle_header).
+    job_header: asyncio.Future[None] | None = None
+
+    async def settle_header(self) -> None:
+        if self.job_header is not None:
+            await asyncio.gather(self.job_header, return_exceptions=True)
 
 
 _current: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(

@@ -148,6 +148,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             if not open_method:
                 self._admit(info, metadata)
             yield
+            await info.settle_header()
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -156,6 +157,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             raise
         except Exception as exc:
             code = code_of(exc)
+            await info.settle_header()
             await self._fail(context, info, exc)
         finally:
             self._finish(info, code, open_method)

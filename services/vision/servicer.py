@@ -29,37 +29,6 @@ from services.vision.inputs import ImageInputs, ImageJob, Pooling, TextInputs
 T = TypeVar("T")
 
 
-class _CallContext:
-    """What runtime.run_job needs from a gRPC context, for an RPC that runs several jobs (image
-    and text parts, or a large request in device-sized parts): the call's deadline, and the
-    job-id header sent once (gRPC allows initial metadata once per call). The header names the
-    first job submitted.
-
-    The header is sent in a shielded task that the RPC awaits on exit (`async with`): a part
-    that fails while another part's header is still being written cancels that part, and grpc
-    refuses to send the error status while the header write is in flight."""
-
-    def __init__(self, context: Any) -> None:
-        self._context = context
-        self._send: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> _CallContext:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._send is not None:
-            await asyncio.gather(self._send, return_exceptions=True)
-
-    def time_remaining(self) -> float | None:
-        return self._context.time_remaining() if self._context is not None else None
-
-    async def send_initial_metadata(self, metadata: Any) -> None:
-        if self._send is not None or self._context is None:
-            return
-        self._send = asyncio.ensure_future(self._context.send_initial_metadata(metadata))
-        await asyncio.shield(self._send)
-
-
 @dataclass
 class _Usage:
     """One RPC's usage over its jobs: the longest queue wait, the summed run time, the
@@ -114,8 +83,7 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         pooling = validation.pooling_of("pooling", request.pooling, s.default_pooling)
         usage = _Usage()
         images = [(f"images[{i}]", image) for i, image in enumerate(request.images)]
-        async with _CallContext(context) as call:
-            vectors = await self._embed_images(call, images, pooling, usage)
+        vectors = await self._embed_images(context, images, pooling, usage)
         if _normalize(request):
             vectors = scoring.l2_normalize(vectors)
         return vision_pb2.EmbedImagesResponse(
@@ -131,8 +99,7 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         validation.check_texts("texts", request.texts, s.max_text_chars)
         self._require_text()
         usage = _Usage()
-        async with _CallContext(context) as call:
-            vectors, inputs = await self._embed_texts(call, request.texts, usage)
+        vectors, inputs = await self._embed_texts(context, request.texts, usage)
         if _normalize(request):
             vectors = scoring.l2_normalize(vectors)
         return vision_pb2.EmbedTextsResponse(
@@ -159,8 +126,7 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         if items.texts or logits:
             self._require_text()
         usage = _Usage()
-        async with _CallContext(context) as call:
-            vectors = await self._embed_items(call, items, pooling, usage)
+        vectors = await self._embed_items(context, items, pooling, usage)
         rows = len(request.queries)
         scores = self._scores(vectors[:rows], vectors[rows:], logits)
         matrix = vision_pb2.ScoreMatrix(
@@ -184,11 +150,10 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         prompts = scoring.expand_templates(labels, templates)
         usage = _Usage()
         images = [(f"images[{i}]", image) for i, image in enumerate(request.images)]
-        async with _CallContext(context) as call:
-            image_vectors, (text_vectors, _) = await _all(
-                self._embed_images(call, images, s.default_pooling, usage),
-                self._embed_texts(call, prompts, usage),
-            )
+        image_vectors, (text_vectors, _) = await _all(
+            self._embed_images(context, images, s.default_pooling, usage),
+            self._embed_texts(context, prompts, usage),
+        )
         label_vectors = scoring.label_embeddings(text_vectors, len(labels), len(templates))
         logits = scoring.model_logits(
             scoring.l2_normalize(image_vectors) @ label_vectors.T,
@@ -225,8 +190,7 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         if items.texts or logits:
             self._require_text()
         usage = _Usage()
-        async with _CallContext(context) as call:
-            vectors = await self._embed_items(call, items, pooling, usage)
+        vectors = await self._embed_items(context, items, pooling, usage)
         scores = self._scores(vectors[:1], vectors[1:], logits)[0]
         return vision_pb2.RankResponse(
             results=[
@@ -272,7 +236,7 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
 
     async def _embed_images(
         self,
-        call: _CallContext,
+        context: Any,
         images: Sequence[tuple[str, media_pb2.Image]],
         pooling: Pooling,
         usage: _Usage,
@@ -288,7 +252,7 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
 
         async def run(part: asyncio.Future[ImageInputs]) -> np.ndarray:
             job = ImageJob(await part, pooling)
-            vectors, job_usage = await self.runtime.run_job(call, EMBED_IMAGES, batch_input=job)
+            vectors, job_usage = await self.runtime.run_job(context, EMBED_IMAGES, batch_input=job)
             usage.add(job_usage)
             return vectors
 
@@ -301,25 +265,25 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         return results[0] if len(results) == 1 else np.concatenate(results)
 
     async def _embed_texts(
-        self, call: _CallContext, texts: Sequence[str], usage: _Usage
+        self, context: Any, texts: Sequence[str], usage: _Usage
     ) -> tuple[np.ndarray, TextInputs]:
         """(N, dim) raw text embeddings and the tokenized inputs (truncation, token counts)."""
         inputs = await self.runtime.run_cpu(self.engine.prepare_texts, list(texts))
-        vectors, job_usage = await self.runtime.run_job(call, EMBED_TEXTS, batch_input=inputs)
+        vectors, job_usage = await self.runtime.run_job(context, EMBED_TEXTS, batch_input=inputs)
         usage.add(job_usage)
         usage.input_tokens += inputs.tokens
         return vectors, inputs
 
     async def _embed_items(
-        self, call: _CallContext, items: validation.Items, pooling: Pooling, usage: _Usage
+        self, context: Any, items: validation.Items, pooling: Pooling, usage: _Usage
     ) -> np.ndarray:
         """Unit-length embeddings of mixed items, in request order; images and texts are
         embedded concurrently, each batched with other requests of their kind."""
         steps: list[Awaitable[np.ndarray]] = []
         if items.images:
-            steps.append(self._embed_images(call, items.images, pooling, usage))
+            steps.append(self._embed_images(context, items.images, pooling, usage))
         if items.texts:
-            steps.append(self._texts_only(call, items.texts, usage))
+            steps.append(self._texts_only(context, items.texts, usage))
         parts = await _all(*steps)
         vectors = np.zeros((items.count, parts[0].shape[1]), dtype=np.float32)
         rows_of = ([items.image_rows] if items.images else []) + (
@@ -329,8 +293,8 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
             vectors[rows] = scoring.l2_normalize(part)
         return vectors
 
-    async def _texts_only(self, call: _CallContext, texts: list[str], usage: _Usage) -> np.ndarray:
-        vectors, _ = await self._embed_texts(call, texts, usage)
+    async def _texts_only(self, context: Any, texts: list[str], usage: _Usage) -> np.ndarray:
+        vectors, _ = await self._embed_texts(context, texts, usage)
         return vectors
 
     def _scores(self, queries: np.ndarray, candidates: np.ndarray, logits: bool) -> np.ndarray:

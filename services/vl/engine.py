@@ -68,6 +68,8 @@ class PreparedChat:
     max_new_tokens: int
     plan: SamplingPlan
     stop: tuple[str, ...]
+    # Whether text deltas go out as they decode (StreamChat); in a batch each row has its own.
+    stream: bool = False
 
     @property
     def batch_key(self) -> Hashable:
@@ -317,8 +319,9 @@ class VLEngine(Engine):
     def generate_batch(
         self, batch: list[PreparedChat], contexts: list[JobContext]
     ) -> list[ChatOutput | Exception]:
-        """Queued unary requests in one left-padded generate call (the executor's batch
-        operation). Requests that cannot be stacked run one after another."""
+        """Queued requests in one left-padded generate call (the executor's batch operation);
+        streaming rows emit their own deltas. Requests that cannot be stacked run one after
+        another."""
         stacked = (
             batching.collate([p.inputs for p in batch], self.pad_token_id)
             if len(batch) > 1
@@ -326,7 +329,7 @@ class VLEngine(Engine):
         )
         if stacked is None:
             return [self._one_of_batch(p, ctx) for p, ctx in zip(batch, contexts, strict=True)]
-        rows = [self._row(p, ctx, False) for p, ctx in zip(batch, contexts, strict=True)]
+        rows = [self._row(p, ctx, p.stream) for p, ctx in zip(batch, contexts, strict=True)]
         outputs = run_generate(
             self.model,
             self._to_device(stacked),
@@ -341,7 +344,7 @@ class VLEngine(Engine):
 
     def _one_of_batch(self, prepared: PreparedChat, ctx: JobContext) -> ChatOutput | Exception:
         try:
-            return self.generate(prepared, ctx, stream=False)
+            return self.generate(prepared, ctx, stream=prepared.stream)
         except Exception as exc:  # one row's failure must not fail its neighbours
             return exc
 

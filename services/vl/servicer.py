@@ -8,6 +8,7 @@ device thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from typing import Any
@@ -93,11 +94,18 @@ class VisionLanguageServicer(JobsServicerMixin, vl_pb2_grpc.VisionLanguageServic
         self, request: vl_pb2.ChatRequest, context: Any
     ) -> AsyncIterator[vl_pb2.StreamChatResponse]:
         prepared = await self._prepare(request)
-        work = functools.partial(self.engine.generate, prepared, stream=True)
+        if self.engine.settings.batching:
+            prepared = dataclasses.replace(prepared, stream=True)
+            events = self.runtime.stream_job(
+                context, CHAT_KIND, batch_input=prepared, batch_key=prepared.batch_key
+            )
+        else:
+            work = functools.partial(self.engine.generate, prepared, stream=True)
+            events = self.runtime.stream_job(context, CHAT_KIND, work)
         job_id = ""
         output_tokens = 0
         try:
-            async for job_id, event in self.runtime.stream_job(context, CHAT_KIND, work):
+            async for job_id, event in events:
                 reply = vl_pb2.StreamChatResponse()
                 if fill_job_event(reply, job_id, event):
                     pass
