@@ -322,7 +322,11 @@ def test_ctrl_c_cancels_the_server_job(sleepy_server: Served, tmp_path: Path) ->
     try:
         reader.wait_for(r" 3/400 steps")
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=20) == 130
+        try:
+            code = process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the CLI went on after Ctrl-C; it printed {reader.seen!r}")
+        assert code == 130
     finally:
         if process.poll() is None:
             process.kill()

@@ -4,6 +4,8 @@ service's own speech fed back), live sessions and reference voices."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -83,13 +85,25 @@ def test_speech_input_from_samples(omni: OmniClient, spoken: AudioClip) -> None:
 
 def test_live_session_turn(omni: OmniClient) -> None:
     session = omni.open_session(mode="chat", system_prompt="Be brief.", **SHORT)
-    with omni.session_events(session.session_id, timeout=120) as events:
+    try:
+        _live_turn(omni, session.session_id)
+    finally:
+        # A session holds the device while open: one left behind by a failed assertion
+        # would starve every later test of this server.
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            omni.close_session(session.session_id)
+    with pytest.raises((NotFound, FailedPrecondition)):  # closed, or already forgotten
+        omni.push(session.session_id, 1, text="gone")
+
+
+def _live_turn(omni: OmniClient, session_id: str) -> None:
+    with omni.session_events(session_id, timeout=120) as events:
         first = next(events)
         assert isinstance(first.event, SessionStateChanged)
         assert first.event.state is SessionState.LISTENING
-        ack = omni.push(session.session_id, 0, text="Hello!", end_of_turn=True)
+        ack = omni.push(session_id, 0, text="Hello!", end_of_turn=True)
         assert ack.acked_sequence == 0
-        assert omni.push(session.session_id, 0, text="Hello!").acked_sequence == 0  # a retry
+        assert omni.push(session_id, 0, text="Hello!").acked_sequence == 0  # a retry
         text = []
         for item in events:
             if isinstance(item.event, TextDelta):
@@ -98,14 +112,12 @@ def test_live_session_turn(omni: OmniClient) -> None:
                 assert item.event.turn == 0
                 break
         assert "".join(text).strip()
-        assert omni.pause_session(session.session_id) is SessionState.PAUSED
-        assert omni.resume_session(session.session_id) is SessionState.LISTENING
-        closed = omni.close_session(session.session_id)
+        assert omni.pause_session(session_id) is SessionState.PAUSED
+        assert omni.resume_session(session_id) is SessionState.LISTENING
+        closed = omni.close_session(session_id)
         assert closed.turns == 1
         rest = list(events)  # the stream ends once the session is closed
     assert all(not isinstance(e.event, TextDelta) for e in rest)
-    with pytest.raises((NotFound, FailedPrecondition)):  # closed, or already forgotten
-        omni.push(session.session_id, 1, text="gone")
 
 
 def test_voices_register_list_delete(omni: OmniClient, spoken: AudioClip) -> None:

@@ -4,9 +4,13 @@ Ctrl-C can cancel it), stream following with progress, and output (human text or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from enum import Enum
@@ -15,6 +19,7 @@ from typing import Any, TextIO, TypeVar
 
 from ..audio import AudioClip
 from ..clients import Client
+from ..errors import Cancelled
 from ..events import Accepted, Completed, Progress, Queued, TextDelta
 from ..progress import ProgressReporter
 from ..results import Generation
@@ -119,7 +124,7 @@ class Context:
         and speech."""
         final: Any = None
         printed_text = False
-        with stream:
+        with stream, _cancel_on_sigint(stream):
             for event in stream:
                 if isinstance(event, Accepted):
                     self.track(event.job_id)
@@ -150,3 +155,33 @@ class Context:
             path = Path(folder)
             path.mkdir(parents=True, exist_ok=True)
             event.preview.save(path / f"preview-{event.step:04d}.png")
+
+
+@contextlib.contextmanager
+def _cancel_on_sigint(stream: JobStream[Any]) -> Iterator[None]:
+    """Ctrl-C while following a stream cancels the call from the signal handler, and the
+    stream then ends as CANCELLED, re-raised here as KeyboardInterrupt. The default handler
+    would raise KeyboardInterrupt wherever the main thread happens to be, which can be inside
+    grpc's own wait for the next message and leave that call to run on until the server ends
+    it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+        stream.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    except Cancelled:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
