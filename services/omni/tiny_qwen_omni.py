@@ -39,6 +39,9 @@ TINY_CONFIG: dict[str, Any] = {
             "vocab_size": 152064, "hidden_size": HIDDEN, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "rope_parameters": _ROPE, "max_position_embeddings": 4096,
+            # At 0.02 the tiny residual stream stays its input embedding and the tied head
+            # repeats the last prompt token ("\n") forever; wider weights give varied text.
+            "initializer_range": 0.2,
         },
         "vision_config": {
             "depth": 2, "hidden_size": HIDDEN, "intermediate_size": 128, "num_heads": 4,

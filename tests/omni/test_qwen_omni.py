@@ -1,7 +1,8 @@
 """The native Qwen2.5-Omni path with a tiny random-weight model (real classes, real Qwen
 tokenizer): image + audio + text in, greedy text equal to in-process generation, and speech
 (talker + token2wav, a built-in speaker) streamed as 24 kHz PCM equal to the in-process waveform
-made with the same seed."""
+made with the same seed; a session's second turn computed from the kept KV cache equals a fresh
+computation of the whole conversation, text and speech."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from PIL import Image
 
 from mmserve.common.v1 import chat_pb2, media_pb2
 from mmserve.omni.v1 import omni_pb2, omni_pb2_grpc
+from services.omni.families.base import ConversationState, Family, SpeechTarget
+from services.omni.generation import GenerationHooks, seed_everything
+from services.omni.turns import AudioPart, ImagePart, Message, Role, Sampling, TextPart
+from services.runtime.devices import TorchOptions
 from tests.omni.support import (
     EventLog,
     audio_part,
@@ -28,8 +33,21 @@ from tests.omni.support import (
     wav,
 )
 
+# transformers' own talker generate() warns about this on every call; nothing to act on.
+pytestmark = pytest.mark.filterwarnings("ignore:Passing `repetition_penalty`:UserWarning")
+
 TALKER_TOKENS = 20
 SEED = 1234
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is as fast, and two spin against each other on loaded cores
+    (token2wav took 12 s with two threads instead of 0.5 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +64,17 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(workdir, folder):
-    process = start_omni(
-        workdir,
-        [
-            "--local-model", "tiny-qwen2.5-omni",
-            "--talker-max-new-tokens", str(TALKER_TOKENS),
-            "--recordings-enabled",
-            "--vad-min-silence-ms", "400",
-        ],
-    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        process = start_omni(
+            workdir,
+            [
+                "--local-model", "tiny-qwen2.5-omni",
+                "--talker-max-new-tokens", str(TALKER_TOKENS),
+                "--recordings-enabled",
+                "--vad-min-silence-ms", "400",
+            ],
+        )  # fmt: skip
     yield process
     process.stop()
 
@@ -91,16 +111,24 @@ def request(speech_on: bool) -> omni_pb2.ChatRequest:
 
 
 @pytest.fixture(scope="module")
-def reference(folder):
-    """The same folder loaded in-process with plain transformers (and the processor assembled
-    the documented way, as torchvision is missing)."""
-    from transformers import Qwen2_5OmniForConditionalGeneration
+def family(folder):
+    """The family loaded in-process (for the KV reuse test); its model is also the reference."""
+    from services.omni.families.qwen_omni import QwenOmniFamily
 
-    from services.omni.families.qwen_omni import load_processor
+    loaded = QwenOmniFamily(
+        folder,
+        TorchOptions.from_specs("cpu", "float32", "sdpa", False),
+        talker_max_new_tokens=4,
+    )
+    loaded.load()
+    return loaded
 
-    torch.set_num_threads(2)
-    model = Qwen2_5OmniForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
-    return model.eval(), load_processor(folder)
+
+@pytest.fixture(scope="module")
+def reference(family):
+    """The transformers model and the processor (assembled the documented way, as torchvision is
+    missing), called below only through plain transformers APIs."""
+    return family.model, family.processor
 
 
 def in_process(reference, speech_on: bool):
@@ -240,3 +268,64 @@ async def test_omni_duplex_session_with_video_frames_is_recorded(stub, workdir):
     spoken, rate = soundfile.read(folder / "output.wav")
     assert rate == 24000
     assert len(spoken) > 0
+
+
+def check_session_reuse(family: Family) -> None:
+    """Two turns of a live session through `family` with speech: the second turn, computed from
+    the cache the first left (only the new tokens go through the thinker), gives the text and the
+    speech a fresh computation of the whole conversation gives."""
+    thinker = family.model.thinker.model  # type: ignore[attr-defined]
+    language_model = getattr(thinker, "language_model", thinker)
+    computed: list[int] = []
+    handle = language_model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: computed.append(kwargs["inputs_embeds"].shape[1]),
+        with_kwargs=True,
+    )
+    hooks = GenerationHooks(lambda _text, _tokens: None, lambda: False)
+    voice = SpeechTarget(family.traits.speakers[-1])
+    sampling = Sampling(max_new_tokens=6, seed=SEED)
+    first_turn = (
+        Message(Role.SYSTEM, (TextPart("You are a test."),)),
+        Message(Role.USER, (ImagePart(picture()), AudioPart(clip()), TextPart("What is it?"))),
+    )
+    try:
+        state = ConversationState()
+        seed_everything(SEED)
+        first = family.generate(first_turn, sampling, hooks, speech=voice, state=state)
+        # The next turn brings new media after the cached ones: a second image and clip.
+        conversation = (
+            *first_turn,
+            Message(Role.ASSISTANT, (TextPart(first.text),)),
+            Message(
+                Role.USER,
+                (
+                    ImagePart(Image.new("RGB", (64, 48), (200, 10, 10))),
+                    AudioPart(clip()[:8000]),
+                    TextPart("And this?"),
+                ),
+            ),
+        )
+
+        def second(session: ConversationState):
+            computed.clear()
+            seed_everything(SEED)
+            reply = family.generate(conversation, sampling, hooks, speech=voice, state=session)
+            return reply, computed[0]
+
+        reused, reused_prefill = second(state)
+        fresh, fresh_prefill = second(ConversationState())
+    finally:
+        handle.remove()
+    assert fresh_prefill == fresh.input_tokens == reused.input_tokens
+    # Only the reply (as the template writes it back) and the new user turn were computed.
+    assert reused_prefill <= fresh.input_tokens - first.input_tokens + 1
+    assert reused.text == fresh.text
+    assert reused.output_tokens == fresh.output_tokens
+    assert reused.waveform is not None
+    assert fresh.waveform is not None
+    assert len(reused.waveform) == len(fresh.waveform) > 0
+    assert np.abs(reused.waveform - fresh.waveform).max() < 1e-3
+
+
+def test_session_turns_reuse_the_thinker_cache(family):
+    check_session_reuse(family)

@@ -9,6 +9,7 @@ from services.runtime.devices import TorchOptions
 from services.runtime.model_source import ModelFamily
 
 QWEN_OMNI_TYPES = frozenset({"qwen2_5_omni"})
+QWEN3_OMNI_TYPES = frozenset({"qwen3_omni_moe"})
 MINICPM_O_TYPES = frozenset({"minicpmo", "minicpm_o"})
 
 
@@ -33,6 +34,15 @@ def create_family(
             max_context_tokens=max_context_tokens,
             talker_max_new_tokens=talker_max_new_tokens,
         )
+    if found.model_type in QWEN3_OMNI_TYPES:
+        from services.omni.families.qwen3_omni import Qwen3OmniFamily
+
+        return Qwen3OmniFamily(
+            folder,
+            options,
+            max_context_tokens=max_context_tokens,
+            talker_max_new_tokens=talker_max_new_tokens,
+        )
     if found.model_type in MINICPM_O_TYPES or found.class_name.startswith("MiniCPMO"):
         if not trust_remote_code:
             raise ValueError(
@@ -46,8 +56,8 @@ def create_family(
         raise ValueError(f"{folder} needs its own code: set trust_remote_code = true")
     if found.class_name and not found.class_name.endswith("ForCausalLM"):
         raise ValueError(
-            f"{folder} holds a {found.class_name}; omni serves Qwen2.5-Omni, MiniCPM-o and "
-            "chat LLMs (…ForCausalLM with a chat template)"
+            f"{folder} holds a {found.class_name}; omni serves Qwen2.5-Omni, Qwen3-Omni, "
+            "MiniCPM-o and chat LLMs (…ForCausalLM with a chat template)"
         )
     from services.omni.families.chat_llm import ChatLlmFamily
 

@@ -112,7 +112,7 @@ class ChatLlmFamily(Family):
         state: ConversationState | None = None,
     ) -> Generated:
         ids = self.prompt_ids(messages)
-        max_new = _cap_new_tokens(len(ids), sampling.max_new_tokens, self.traits.max_context_tokens)
+        max_new = cap_new_tokens(len(ids), sampling.max_new_tokens, self.traits.max_context_tokens)
         streamer = TextDeltaStreamer(self.tokenizer, hooks.on_text, sampling.stop, self._eos)
         stopping = HookStopping(streamer, hooks.should_stop)
         device = self._options.device
@@ -152,7 +152,8 @@ def _text_of(message: Message) -> str:
     return message.text()
 
 
-def _cap_new_tokens(prompt_tokens: int, wanted: int, context: int) -> int:
+def cap_new_tokens(prompt_tokens: int, wanted: int, context: int) -> int:
+    """`wanted` bounded by the room the context leaves; InvalidArgument when there is none."""
     if not context:
         return wanted
     room = context - prompt_tokens
@@ -163,22 +164,33 @@ def _cap_new_tokens(prompt_tokens: int, wanted: int, context: int) -> int:
     return min(wanted, room)
 
 
+def shared_prefix(old: list[int], new: list[int]) -> int:
+    """How many leading tokens two id lists have in common."""
+    shared = 0
+    for a, b in zip(old, new, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return shared
+
+
+def crop_cache(cache: Any, keep: int) -> None:
+    """Cuts a KV cache back to its first `keep` tokens."""
+    cached = int(cache.get_seq_length())
+    if keep < cached:
+        # transformers 5 crops by the number of tokens to drop, given as a negative number.
+        cache.crop(keep - cached)
+
+
 def _reusable_cache(state: ConversationState | None, ids: list[int]) -> Any:
     """The session's KV cache cropped to the prefix it shares with `ids` (at least one new
     token must remain to compute), or None when nothing can be reused."""
     if state is None or state.cache is None:
         return None
-    shared = 0
-    for old, new in zip(state.ids, ids, strict=False):
-        if old != new:
-            break
-        shared += 1
     cached = int(state.cache.get_seq_length())
-    keep = min(shared, len(ids) - 1, cached)
+    keep = min(shared_prefix(state.ids, ids), len(ids) - 1, cached)
     if keep <= 0 or not hasattr(state.cache, "crop"):
         state.cache = None
         return None
-    if keep < cached:
-        # transformers 5 crops by the number of tokens to drop, given as a negative number.
-        state.cache.crop(keep - cached)
+    crop_cache(state.cache, keep)
     return state.cache
