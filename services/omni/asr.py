@@ -53,6 +53,9 @@ class WhisperAsr:
             beam_size=self._options.beam_size,
             language=self._options.language or None,
             condition_on_previous_text=False,
-            vad_filter=False,
+            # Without it, audio that is not speech (a tone, hum) makes Whisper hallucinate and
+            # retry at every fallback temperature: seconds of device time for nothing. The VAD
+            # model ships inside faster-whisper.
+            vad_filter=True,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()

@@ -19,6 +19,9 @@ from services.runtime.images import ImageLimits
 from services.runtime.media import UriPolicy, load_image, media_bytes
 
 MAX_STOP_STRINGS = 16
+# Qwen's smart_resize (Qwen2.5-Omni's processor) raises on images more elongated than this,
+# on the device thread, which clients saw as INTERNAL; refused up front, naming the field.
+MAX_ASPECT_RATIO = 200
 MAX_STOP_BYTES = 256
 
 AUDIO_FORMATS = {
@@ -50,7 +53,9 @@ class MediaPolicy:
         return cls(
             uris=UriPolicy(tuple(settings.allowed_uri_prefixes)),
             images=ImageLimits(
-                max_pixels=settings.max_image_pixels, max_side=settings.max_image_side
+                max_pixels=settings.max_image_pixels,
+                max_side=settings.max_image_side,
+                max_aspect_ratio=MAX_ASPECT_RATIO,
             ),
             audio=AudioLimits(settings.max_audio_seconds, settings.max_audio_bytes),
             max_images=settings.max_images,

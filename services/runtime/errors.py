@@ -8,6 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Error text travels in gRPC trailers (grpc-message, and grpc-status-details-bin base64-encoded),
+# and clients drop a reply whose metadata passes a few KiB (gRPC's defaults: 8 KiB soft, 16 KiB
+# hard): the caller then sees RESOURCE_EXHAUSTED "metadata size exceeds hard limit" instead of
+# the real error. Messages and violations often quote the request (an unknown id, thousands of bad
+# items), so the client-facing text is bounded here, once, whatever raised it.
+MAX_MESSAGE_BYTES = 512
+MAX_FIELD_BYTES = 128
+MAX_DESCRIPTION_BYTES = 256
+MAX_VIOLATIONS_BYTES = 2048  # all violations of one error together, fields and descriptions
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (on a character boundary), marked with "..."."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= limit:
+        return text
+    return data[: max(0, limit - 3)].decode("utf-8", errors="ignore") + "..."
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -17,12 +35,30 @@ class FieldViolation:
     description: str
 
 
+def _bounded(violations: list[FieldViolation]) -> list[FieldViolation]:
+    """The first violations (each clipped) that fit MAX_VIOLATIONS_BYTES; at least one."""
+    kept: list[FieldViolation] = []
+    used = 0
+    for violation in violations:
+        clipped = FieldViolation(
+            clip(violation.field, MAX_FIELD_BYTES),
+            clip(violation.description, MAX_DESCRIPTION_BYTES),
+        )
+        size = len(clipped.field.encode()) + len(clipped.description.encode())
+        if kept and used + size > MAX_VIOLATIONS_BYTES:
+            break
+        kept.append(clipped)
+        used += size
+    return kept
+
+
 class ServingError(Exception):
     """Base of every error a client should see with a specific gRPC code."""
 
     code_name = "UNKNOWN"
 
     def __init__(self, message: str) -> None:
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
 
@@ -34,7 +70,7 @@ class InvalidArgument(ServingError):
 
     def __init__(self, message: str, violations: list[FieldViolation] | None = None) -> None:
         super().__init__(message)
-        self.violations = list(violations or [])
+        self.violations = _bounded(list(violations or []))
 
     @classmethod
     def for_field(cls, field: str, description: str) -> InvalidArgument:

@@ -46,11 +46,17 @@ class ImageLimits:
     max_side: int = 16384
     allowed_formats: frozenset[str] = field(default=DEFAULT_FORMATS)
     max_bytes: int = 64 * 1024 * 1024
+    # Longest side over shortest side; None: any. A 4096x1 PNG is 88 bytes and within the
+    # pixel limits, yet a processor that resizes the shortest side to 224 (CLIP, DINO) turns it
+    # into 917504x224 floats (GBs, seconds), and Qwen's smart_resize raises on it.
+    max_aspect_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_side", "max_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ImageLimits.{name} must be positive")
+        if self.max_aspect_ratio is not None and self.max_aspect_ratio < 1:
+            raise ValueError("ImageLimits.max_aspect_ratio must be at least 1")
         formats = frozenset(normalize_format(f) for f in self.allowed_formats)
         if not formats:
             raise ValueError("ImageLimits.allowed_formats must name at least one format")
@@ -238,6 +244,13 @@ def _check_size(size: tuple[int, int], *, field: str, limits: ImageLimits) -> No
             field,
             f"image is {width}x{height} = {width * height} pixels; "
             f"the limit is {limits.max_pixels} pixels",
+        )
+    ratio = limits.max_aspect_ratio
+    if ratio is not None and max(width, height) > ratio * min(width, height):
+        raise InvalidArgument.for_field(
+            field,
+            f"image is {width}x{height} pixels; its longer side may be at most {ratio:g} "
+            "times its shorter side",
         )
 
 

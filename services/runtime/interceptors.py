@@ -40,6 +40,35 @@ class _Status(grpc.Status):
         self.trailing_metadata = trailing
 
 
+class _Unparsable:
+    """Stands in for a request whose bytes did not parse, so the handler (inside the call's
+    error mapping) can answer INVALID_ARGUMENT; a deserializer that raises makes grpc answer
+    UNKNOWN and log a traceback instead."""
+
+    def __init__(self, error: Exception) -> None:
+        self.reason = f"{type(error).__name__}: {error}"
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Unparsable(exc)
+
+    return parse
+
+
+def _check_parsed(request: Any, method: str) -> None:
+    if isinstance(request, _Unparsable):
+        raise errors.InvalidArgument(
+            f"the request of {method} does not parse as protobuf: {request.reason}"
+        )
+
+
 class ServingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -65,13 +94,13 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, metadata, open_method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, metadata, open_method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client-streaming shapes (reflection) pass through untouched
@@ -172,6 +201,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, Any], Awaitable[Any]]:
         async def handle(request: Any, context: Any) -> Any:
             async with self._call(method, metadata, context, open_method):
+                _check_parsed(request, method)
                 return await behaviour(request, context)
 
         return handle
@@ -185,6 +215,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
             async with self._call(method, metadata, context, open_method):
+                _check_parsed(request, method)
                 async for response in behaviour(request, context):
                     yield response
 

@@ -28,6 +28,11 @@ from services.vision.inputs import ImageInputs, ImageJob, Pooling, TextInputs
 
 T = TypeVar("T")
 
+# CLIP and DINO processors resize the shortest side to the model's size, so memory and time
+# grow with the aspect ratio: a 16384x1 image (a few bytes of PNG) would become gigabytes of
+# floats. 200:1 bounds that at ~150 MB and keeps every real photo or panorama.
+MAX_ASPECT_RATIO = 200
+
 
 @dataclass
 class _Usage:
@@ -68,7 +73,9 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         self.engine: VisionEngine = runtime.engine  # type: ignore[assignment]
         self.settings: VisionSettings = runtime.settings  # type: ignore[assignment]
         self.image_limits = ImageLimits(
-            max_pixels=self.settings.max_image_pixels, max_side=self.settings.max_image_side
+            max_pixels=self.settings.max_image_pixels,
+            max_side=self.settings.max_image_side,
+            max_aspect_ratio=MAX_ASPECT_RATIO,
         )
         self.uri_policy = UriPolicy(tuple(self.settings.allowed_uri_prefixes))
 
