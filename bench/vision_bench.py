@@ -1,32 +1,21 @@
 """vision benchmark: images/s from encoded JPEG bytes to image embeddings.
 
-The same CLIP ViT-B/32-sized model (random weights, built locally: services.vision.tiny) and the
-same JPEG files go through
-- in-process: PIL decode + the model's processor + get_image_features, one after the other, at
-  batch 1 and at batch B (16, and the mean batch size the server reached);
-- served: `python -m services.vision` in a subprocess, EmbedImages with one image per call over
-  loopback gRPC, from 1 client and from N concurrent clients (default 16);
-- LitServe (pip install litserve): a LitAPI with the same model, dynamic batching (max batch
-  16), requests as base64 JSON (how its users send images), from 1 and N client threads.
-Then the added latency of one served call over the in-process call (p50), for the B/32 model and
-for the tiny CLIP (whose compute is small, so the serving overhead is visible above the noise).
+The same CLIP model (ViT-B/32 size with random weights; the tiny CLIP with --quick) and the same
+640x480 JPEGs go through
+- in-process: PIL decode + the model's processor + get_image_features, the model card's recipe,
+  N images per call at concurrency N (the batched baseline);
+- served: `python -m services.vision` (default batching: whatever queued while the device was
+  busy, up to 32), EmbedImages with one JPEG per call from N concurrent clients on one channel,
+  straight to its port and through Envoy;
+- LitServe (requirements-bench.txt): a LitAPI with the same model, dynamic batching (max batch
+  16, 10 ms), requests as base64 JSON (how its users send images), from N client threads.
 
-The machine this was written on is shared and its load swings by several x within a minute, so
-the paths are measured in interleaved rounds (every path once per round, same inputs) and each
-row sums its rounds: every path sees the same mix of quiet and busy moments.
-
-Prints markdown tables. Usage (from the repository root; a few minutes on 2 CPU cores):
-
-    .venv/bin/python bench/vision_bench.py
-    .venv/bin/python bench/vision_bench.py --images 32 --clients 8 --skip-litserve
-
-Every process uses torch's default thread count unless --threads is given.
+Part of the runner: `python -m bench.run --capabilities vision` (this file run as a script is the
+same); `--litserve-worker` is its internal entry point for the LitServe process.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
 import contextlib
 import http.client
@@ -34,43 +23,38 @@ import io
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from grpc_health.v1 import health_pb2  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from mmserve.common.v1 import media_pb2  # noqa: E402
-from mmserve.vision.v1 import vision_pb2, vision_pb2_grpc  # noqa: E402
-from services.vision.capability import SERVICE  # noqa: E402
-from services.vision.tiny import clip_b32_dir, tiny_clip_dir  # noqa: E402
-from tests.support.servers import ServerProcess, start_process, wait_for_health  # noqa: E402
+from bench.harness import (
+    REPO,
+    CellSpec,
+    Loop,
+    Plan,
+    closed_loop,
+    measure_rounds,
+    start_served,
+)
+from bench.stats import ENVOY, IN_PROCESS, LITSERVE, SERVED, Cell, Run, Sample
 
 LITSERVE_BATCH = 16
 LITSERVE_BATCH_TIMEOUT = 0.01  # seconds; LitServe's docs use 0.01-0.05 for dynamic batching
 
 
-# --- inputs ------------------------------------------------------------------------------------
-
-
 def make_jpegs(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
-    """Photo-sized JPEGs with structure (gradients, blocks) and noise, ~40-80 KB each."""
+    """Photo-sized JPEGs with structure (gradients, blocks) and noise, ~40-160 KB each."""
+    import numpy as np
+    from PIL import Image
+
     rng = np.random.default_rng(0)
     width, height = size
     out = []
@@ -92,173 +76,96 @@ def make_jpegs(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
     return out
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+# --- in-process ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Run:
-    """One measurement: wall seconds for all images, per-call latencies, batch sizes seen."""
+def torch_dtype(name: str) -> Any:
+    import torch
 
-    images: int
-    seconds: float
-    latencies_ms: list[float]
-    batches: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Row:
-    """A path's runs over every round."""
-
-    name: str
-    batch: str = ""
-    images: int = 0
-    seconds: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    batches: list[int] = field(default_factory=list)
-
-    def add(self, run: Run) -> None:
-        self.images += run.images
-        self.seconds += run.seconds
-        self.latencies_ms += run.latencies_ms
-        self.batches += run.batches
-
-    @property
-    def rate(self) -> float:
-        return self.images / self.seconds if self.seconds else float("nan")
-
-    @property
-    def p50(self) -> float:
-        return percentile(self.latencies_ms, 50)
-
-    def batch_text(self) -> str:
-        if not self.batches:
-            return self.batch
-        return f"mean {statistics.mean(self.batches):.1f}, max {max(self.batches)}"
-
-
-# --- in-process --------------------------------------------------------------------------------
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 class InProcess:
-    """The model card's recipe: PIL decode, processor, model, one after the other."""
+    """The model card's recipe: PIL decode, processor, model, one call per batch; on the device
+    and dtype the server uses, with its towers compiled as the service compiles them."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, device: str, dtype: str, compile: bool) -> None:
         from transformers import AutoProcessor, CLIPModel
 
-        self.model = CLIPModel.from_pretrained(folder).eval()
+        from services.runtime.devices import maybe_compile
+
+        self.device, self.dtype = device, torch_dtype(dtype)
+        self.model = CLIPModel.from_pretrained(folder).eval().to(device, self.dtype)
+        if compile:
+            maybe_compile(self.model.vision_model, True)
         self.processor = AutoProcessor.from_pretrained(folder)
 
-    @torch.inference_mode()
-    def embed(self, jpegs: Sequence[bytes]) -> np.ndarray:
-        images = [Image.open(io.BytesIO(data)).convert("RGB") for data in jpegs]
-        inputs = self.processor(images=images, return_tensors="pt")
-        return self.model.get_image_features(**inputs).pooler_output.numpy()
+    def embed(self, jpegs: Sequence[bytes]) -> Any:
+        import torch
+        from PIL import Image
+
+        with torch.inference_mode():
+            images = [Image.open(io.BytesIO(data)).convert("RGB") for data in jpegs]
+            pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+            pixels = pixels.to(self.device, self.dtype)
+            features = self.model.get_image_features(pixel_values=pixels)
+            return getattr(features, "pooler_output", features).float().cpu().numpy()
 
     def measure(self, jpegs: Sequence[bytes], batch: int) -> Run:
-        latencies = []
+        samples = []
         started = time.perf_counter()
         for start in range(0, len(jpegs), batch):
+            chunk = jpegs[start : start + batch]
             t0 = time.perf_counter()
-            self.embed(jpegs[start : start + batch])
-            latencies.append((time.perf_counter() - t0) * 1000)
-        return Run(len(jpegs), time.perf_counter() - started, latencies)
+            self.embed(chunk)
+            took = time.perf_counter() - t0
+            # Every image of a batch is done when the batch is: each gets the batch's latency.
+            samples += [Sample(took, batch=len(chunk)) for _ in chunk]
+        return Run(time.perf_counter() - started, len(jpegs), samples)
 
 
-class EngineInProcess:
-    """The service's own code without the service: runtime decode_image, the engine's
-    preprocessing and its batch function, called in turn on this thread. Served minus this is
-    what gRPC, the executor and the thread hops add."""
-
-    def __init__(self, folder: Path, threads: int) -> None:
-        from services.vision.config import VisionSettings
-        from services.vision.engine import VisionEngine
-
-        self.engine = VisionEngine(VisionSettings(model=str(folder), torch_threads=threads))
-        self.engine.load()
-        self.engine.warmup()
-
-    def measure(self, jpegs: Sequence[bytes], batch: int) -> Run:
-        from services.runtime.executor import JobContext
-        from services.runtime.images import ImageLimits, decode_image
-        from services.vision.inputs import ImageJob
-
-        limits = ImageLimits()
-        latencies = []
-        started = time.perf_counter()
-        for start in range(0, len(jpegs), batch):
-            t0 = time.perf_counter()
-            images = [
-                decode_image(j, field="image", limits=limits) for j in jpegs[start : start + batch]
-            ]
-            job = ImageJob(self.engine.prepare_images(images), "cls")
-            self.engine.embed_images_batch([job], [JobContext("bench", "embed_images")])
-            latencies.append((time.perf_counter() - t0) * 1000)
-        return Run(len(jpegs), time.perf_counter() - started, latencies)
+# --- served (gRPC) ------------------------------------------------------------------------------
 
 
-# --- served (gRPC) -----------------------------------------------------------------------------
+class GrpcClient:
+    """EmbedImages with one JPEG per call, N concurrent callers on one grpc.aio channel."""
 
+    def __init__(self, target: str, loop: Loop) -> None:
+        from mmserve.vision.v1 import vision_pb2_grpc
 
-def start_vision(folder: Path, log: Path, threads: int) -> ServerProcess:
-    # Default log level: start_process waits for the INFO "listening" line.
-    argv = ["--model", str(folder)]
-    if threads:
-        argv += ["--torch-threads", str(threads)]
-    return start_process("services.vision", argv, log, timeout=300)
-
-
-def jpeg_request(data: bytes) -> vision_pb2.EmbedImagesRequest:
-    image = media_pb2.Image(data=data, format=media_pb2.IMAGE_FORMAT_JPEG)
-    return vision_pb2.EmbedImagesRequest(images=[image])
-
-
-class Served:
-    """A client of `python -m services.vision`: one channel on its own event loop, N concurrent
-    callers sending one image per EmbedImages call."""
-
-    def __init__(self, process: ServerProcess) -> None:
-        self.process = process
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self._connect())
-
-    async def _connect(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.process.target)
-        await wait_for_health(self.channel, health_pb2.HealthCheckResponse.SERVING, SERVICE, 300)
+        self.loop = loop
+        self.channel = loop.channel(target)
         self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
 
     def measure(self, jpegs: Sequence[bytes], clients: int) -> Run:
-        return self.loop.run_until_complete(self._measure(jpegs, clients))
+        from mmserve.common.v1 import media_pb2
+        from mmserve.vision.v1 import vision_pb2
 
-    async def _measure(self, jpegs: Sequence[bytes], clients: int) -> Run:
-        queue = list(range(len(jpegs)))
-        latencies: list[float] = []
-        batches: list[int] = []
+        requests = [
+            vision_pb2.EmbedImagesRequest(
+                images=[media_pb2.Image(data=data, format=media_pb2.IMAGE_FORMAT_JPEG)]
+            )
+            for data in jpegs
+        ]
 
-        async def client() -> None:
-            while queue:
-                index = queue.pop(0)
-                t0 = time.perf_counter()
-                reply = await self.stub.EmbedImages(jpeg_request(jpegs[index]), timeout=300)
-                latencies.append((time.perf_counter() - t0) * 1000)
-                batches.append(reply.usage.batch_size)
+        async def call(index: int) -> tuple[Sample, float]:
+            t0 = time.perf_counter()
+            reply = await self.stub.EmbedImages(requests[index], timeout=600)
+            usage = reply.usage
+            return Sample(time.perf_counter() - t0, usage.queue_seconds, usage.batch_size), 1.0
 
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        return Run(len(jpegs), time.perf_counter() - started, latencies, batches)
+        return self.loop.run(closed_loop(call, len(requests), clients))
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.channel.close())
-        self.loop.close()
-        self.process.stop()
+        self.loop.run(self.channel.close())
 
 
-# --- LitServe ----------------------------------------------------------------------------------
+# --- LitServe -----------------------------------------------------------------------------------
 
 
-try:  # LitServe is only installed for this benchmark
+try:  # LitServe is only installed for the benchmarks (make bench-deps)
     import litserve as ls
-except ImportError:  # pragma: no cover - the run then needs --skip-litserve
+except ImportError:  # pragma: no cover - the runner then skips the LitServe path
     ls = None
 
 if ls is not None:
@@ -267,32 +174,41 @@ if ls is not None:
         """The same model behind LitServe: decode + processor per request, then a batch of
         pixel tensors through the model (at module level: LitServe pickles it into workers)."""
 
-        def __init__(self, folder: str, threads: int, **kwargs: Any) -> None:
+        def __init__(self, folder: str, threads: int, dtype: str, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.folder = folder
-            self.threads = threads
+            self.folder, self.threads, self.dtype_name = folder, threads, dtype
 
         def setup(self, device: str) -> None:
+            import torch
             from transformers import AutoProcessor, CLIPModel
 
             if self.threads:
                 torch.set_num_threads(self.threads)
-            self.model = CLIPModel.from_pretrained(self.folder).eval()
+            self.device, self.dtype = device, torch_dtype(self.dtype_name)
+            self.model = CLIPModel.from_pretrained(self.folder).eval().to(device, self.dtype)
             self.processor = AutoProcessor.from_pretrained(self.folder)
 
         # Unannotated on purpose: LitServe builds its FastAPI body type from this annotation,
         # and a postponed (string) one makes it reject every request with 422.
         def decode_request(self, request):  # type: ignore[no-untyped-def]
+            from PIL import Image
+
             data = base64.b64decode(request["image"])
             image = Image.open(io.BytesIO(data)).convert("RGB")
             return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
         def batch(self, inputs: list[Any]) -> Any:
+            import torch
+
             return torch.stack(inputs)
 
         def predict(self, pixel_values: Any) -> Any:
+            import torch
+
             with torch.inference_mode():
-                return self.model.get_image_features(pixel_values=pixel_values).pooler_output
+                pixels = pixel_values.to(self.device, self.dtype)
+                features = self.model.get_image_features(pixel_values=pixels)
+                return getattr(features, "pooler_output", features).float().cpu()
 
         def unbatch(self, output: Any) -> list[Any]:
             return list(output)
@@ -301,13 +217,24 @@ if ls is not None:
             return {"embedding": output.tolist()}
 
 
-def litserve_worker(folder: str, port: int, threads: int) -> None:
-    """Runs in its own process: `vision_bench.py --litserve-worker FOLDER PORT`."""
-    assert ls is not None, "pip install litserve, or pass --skip-litserve"
+def litserve_available() -> bool:
+    return ls is not None
+
+
+def litserve_worker(folder: str, port: int, threads: int, device: str, dtype: str) -> None:
+    """Runs in its own process (`python -m bench.vision_bench --litserve-worker ...`)."""
+    assert ls is not None, "pip install -r requirements-bench.txt (make bench-deps)"
     api = ClipAPI(
-        folder, threads, max_batch_size=LITSERVE_BATCH, batch_timeout=LITSERVE_BATCH_TIMEOUT
+        folder,
+        threads,
+        dtype,
+        max_batch_size=LITSERVE_BATCH,
+        batch_timeout=LITSERVE_BATCH_TIMEOUT,
     )
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=300)
+    accelerator = "cuda" if device.startswith("cuda") else "cpu"
+    server = ls.LitServer(
+        api, accelerator=accelerator, devices=1, workers_per_device=1, timeout=600
+    )
     server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
 
 
@@ -323,24 +250,28 @@ class LitClient:
     """LitServe in a subprocess; N client threads, each with a keep-alive HTTP connection,
     posting {"image": base64 JPEG} as JSON."""
 
-    def __init__(self, folder: Path, threads: int, log: Path) -> None:
+    def __init__(self, folder: Path, plan: Plan, log: Path) -> None:
         self.port = free_port()
-        command = [sys.executable, __file__, "--litserve-worker", str(folder), str(self.port)]
-        if threads:
-            command += ["--threads", str(threads)]
+        command = [
+            sys.executable, "-m", "bench.vision_bench", "--litserve-worker",
+            str(folder), str(self.port), str(plan.threads), plan.device, plan.dtype,
+        ]  # fmt: skip
         with log.open("wb") as out:
             # Its own process group: LitServe spawns API and inference worker processes that
             # outlive a terminated parent, and close() must end them all.
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
             )
-        self._wait_ready(300)
+        self.log = log
+        self._wait_ready(600)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"LitServe exited with {self.process.returncode}")
+                raise RuntimeError(
+                    f"LitServe exited with {self.process.returncode}: {self.log.read_text()}"
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
                     return
@@ -350,19 +281,20 @@ class LitClient:
 
     def measure(self, jpegs: Sequence[bytes], clients: int) -> Run:
         bodies = [json.dumps({"image": base64.b64encode(j).decode()}).encode() for j in jpegs]
-        queue = list(range(len(bodies)))
+        indexes = iter(range(len(bodies)))
         lock = threading.Lock()
-        latencies: list[float] = []
+        samples: list[Sample] = []
+        errors: list[BaseException] = []
 
         def client() -> None:
-            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
             headers = {"Content-Type": "application/json"}
             try:
                 while True:
                     with lock:
-                        if not queue:
-                            return
-                        index = queue.pop(0)
+                        index = next(indexes, None)
+                    if index is None:
+                        return
                     t0 = time.perf_counter()
                     connection.request("POST", "/predict", bodies[index], headers)
                     response = connection.getresponse()
@@ -371,17 +303,21 @@ class LitClient:
                         raise RuntimeError(f"LitServe answered {response.status}: {payload!r}")
                     json.loads(payload)
                     with lock:
-                        latencies.append((time.perf_counter() - t0) * 1000)
+                        samples.append(Sample(time.perf_counter() - t0))
+            except BaseException as exc:  # surfaced after join
+                errors.append(exc)
             finally:
                 connection.close()
 
-        workers = [threading.Thread(target=client) for _ in range(clients)]
+        workers = [threading.Thread(target=client) for _ in range(min(clients, len(bodies)))]
         started = time.perf_counter()
         for worker in workers:
             worker.start()
         for worker in workers:
             worker.join()
-        return Run(len(jpegs), time.perf_counter() - started, latencies)
+        if errors:
+            raise errors[0]
+        return Run(time.perf_counter() - started, len(jpegs), samples)
 
     def close(self) -> None:
         group = self.process.pid  # the session leader's pid is the group id
@@ -394,201 +330,93 @@ class LitClient:
             os.killpg(group, signal.SIGKILL)
 
 
-# --- report ------------------------------------------------------------------------------------
+# --- the benchmark ------------------------------------------------------------------------------
 
 
-def table(rows: Sequence[Row]) -> str:
-    lines = [
-        "| path | images | img/s | p50 per call (ms) | batch |",
-        "|---|---:|---:|---:|---|",
+def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+    """Every vision cell of the plan, measured in interleaved rounds. Returns the cells and
+    notes for the report."""
+    from bench.models import vision_model_dir
+
+    folder = vision_model_dir(plan.profile)
+    levels = plan.concurrency["vision"]
+    counts: dict[int, int] = plan.sizes["vision_images"]
+    width, height = plan.sizes["vision_image_size"]
+    jpegs = make_jpegs(max(counts.values()), (width, height))
+    notes = [
+        f"vision: {len(jpegs)} distinct {width}x{height} JPEGs "
+        f"(mean {sum(map(len, jpegs)) / len(jpegs) / 1024:.0f} KB); one image per served call"
     ]
-    for row in rows:
-        lines.append(
-            f"| {row.name} | {row.images} | {row.rate:.2f} | {row.p50:.1f} | {row.batch_text()} |"
-        )
-    return "\n".join(lines)
-
-
-def goals_table(checks: Sequence[tuple[str, float, str, bool]]) -> str:
-    lines = ["| goal | measured | target | met |", "|---|---:|---:|---|"]
-    for name, value, target, met in checks:
-        lines.append(f"| {name} | {value:.2f} | {target} | {'yes' if met else 'no'} |")
-    return "\n".join(lines)
-
-
-def rounds(count: int, steps: Sequence[tuple[Row, Callable[[], Run]]]) -> None:
-    for number in range(count):
-        for row, step in steps:
-            row.add(step())
-        print(f"round {number + 1}/{count} done", flush=True)
-
-
-def latency_rows(
-    jpegs: Sequence[bytes], calls: int, logs: Path, threads: int
-) -> tuple[Row, Row, Row]:
-    """One-image calls, one at a time, on the tiny CLIP (whose compute is small, so the serving
-    overhead stands out): the model card's recipe, the service's own code in-process, and the
-    service; interleaved in 5 rounds."""
-    folder = tiny_clip_dir()
-    card = InProcess(folder)
-    engine = EngineInProcess(folder, threads)
-    served = Served(start_vision(folder, logs / "tiny.log", threads))
-    rows = (
-        Row("tiny CLIP in-process (processor + model), batch 1", "1"),
-        Row("tiny CLIP in-process (the service's engine code), batch 1", "1"),
-        Row("tiny CLIP served, 1 client"),
-    )
-    one = list(jpegs[:1]) * calls
+    loop = Loop()
+    closers: list[Callable[[], None]] = []
     try:
-        for path in (card, engine, served):
-            path.measure(jpegs[:4], 1)
-        rounds(
-            5,
-            [
-                (rows[0], lambda: card.measure(one, 1)),
-                (rows[1], lambda: engine.measure(one, 1)),
-                (rows[2], lambda: served.measure(one, 1)),
-            ],
-        )
+        log("vision: loading the in-process model and starting the server")
+        local = InProcess(folder, plan.device, plan.dtype, plan.compile)
+        args = ["--model", str(folder), *plan.server_flags("vision")]
+        server = start_served("vision", args, envoy=plan.envoy)
+        closers.append(server.stop)
+        clients = {path: GrpcClient(target, loop) for path, target in server.targets().items()}
+        closers += [c.close for c in clients.values()]
+        lit = None
+        if plan.litserve and litserve_available():
+            lit = LitClient(folder, plan, server.log_dir / "litserve.log")
+            closers.append(lit.close)
+        elif plan.litserve:
+            notes.append("vision: LitServe not installed (make bench-deps): its rows are missing")
+
+        def warm_local() -> None:
+            local.measure(jpegs[:2], 1)
+            local.measure(jpegs[: max(levels)], max(levels))
+
+        specs: list[CellSpec] = []
+        warmed: set[str] = set()
+
+        def add(path: str, clients_n: int, measure: Callable[[], Run], warm: Any) -> None:
+            first = path not in warmed
+            warmed.add(path)
+            cell = Cell("vision", path, clients_n, "img")
+            specs.append(CellSpec(cell, measure, warm if first else (lambda: None)))
+
+        for n in levels:
+            images = jpegs[: counts[n]]
+            add(IN_PROCESS, n, lambda images=images, n=n: local.measure(images, n), warm_local)
+            for path, client in plan.paths_at("vision", n, clients).items():
+                add(
+                    path,
+                    n,
+                    lambda images=images, n=n, client=client: client.measure(images, n),
+                    lambda client=client: client.measure(jpegs[: max(levels)], max(levels)),
+                )
+            if lit is not None:
+                add(
+                    LITSERVE,
+                    n,
+                    lambda images=images, n=n: lit.measure(images, n),
+                    lambda: lit.measure(jpegs[: max(levels)], max(levels)),
+                )
+        cells = measure_rounds(_ordered(specs), plan.repeats, log)
     finally:
-        served.close()
-    return rows
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                close()
+        loop.close()
+    return cells, notes
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--images", type=int, default=16, help="JPEGs per 1-client run")
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--tiny-calls", type=int, default=60, help="calls per latency round")
-    parser.add_argument("--skip-litserve", action="store_true")
-    parser.add_argument(
-        "--latency-only", action="store_true", help="only the tiny-CLIP serving overhead rows"
-    )
-    parser.add_argument(
-        "--tiny", action="store_true", help="use the tiny CLIP everywhere (a quick smoke run)"
-    )
-    parser.add_argument("--litserve-worker", nargs=2, metavar=("FOLDER", "PORT"), help="internal")
-    args = parser.parse_args()
-    if args.litserve_worker:
-        litserve_worker(args.litserve_worker[0], int(args.litserve_worker[1]), args.threads)
+def _ordered(specs: list[CellSpec]) -> list[CellSpec]:
+    order = {SERVED: 1, ENVOY: 2, IN_PROCESS: 0, LITSERVE: 3}
+    return sorted(specs, key=lambda s: (s.cell.concurrency, order[s.cell.path]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--litserve-worker"]:
+        folder, port, threads, device, dtype = args[1:6]
+        litserve_worker(folder, int(port), int(threads), device, dtype)
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from bench import run
 
-    if args.latency_only:
-        logs = Path(tempfile.mkdtemp(prefix="vision-bench-"))
-        rows = latency_rows(make_jpegs(4), args.tiny_calls, logs, args.threads)
-        print(table(rows))
-        overhead = rows[2].p50 - rows[1].p50
-        print(f"\nserving overhead p50 (served - engine in-process): {overhead:.2f} ms")
-        return 0
-
-    t0 = time.perf_counter()
-    folder = tiny_clip_dir() if args.tiny else clip_b32_dir()
-    print(f"model: {folder} (built/loaded in {time.perf_counter() - t0:.1f}s)", flush=True)
-    single = make_jpegs(args.images)
-    many = make_jpegs(args.images * 3)
-    size_kb = statistics.mean(len(j) for j in many) / 1024
-    logs = Path(tempfile.mkdtemp(prefix="vision-bench-"))
-    n = args.clients
-
-    local = InProcess(folder)
-    served = Served(start_vision(folder, logs / "vision.log", args.threads))
-    lit = None if args.skip_litserve else LitClient(folder, args.threads, logs / "litserve.log")
-    try:
-        # Warm every path (first calls pay lazy initialisation), and learn the batch size the
-        # server reaches with N clients, so the in-process loop can run at that size too.
-        local.measure(single[:2], 1)
-        probe = served.measure(many[: 2 * n], n)
-        if lit is not None:
-            lit.measure(many[: 2 * n], n)
-        reached = max(1, round(statistics.mean(probe.batches)))
-        print(f"warm; the server reached a mean batch of {reached} with {n} clients", flush=True)
-
-        local_1 = Row("in-process, batch 1", "1")
-        served_1 = Row("served, 1 client")
-        lit_1 = Row("LitServe, 1 client", f"<= {LITSERVE_BATCH}")
-        local_16 = Row("in-process, batch 16", "16")
-        local_r = Row(f"in-process, batch {reached} (server's mean)", str(reached))
-        served_n = Row(f"served, {n} clients")
-        lit_n = Row(f"LitServe, {n} clients", f"<= {LITSERVE_BATCH}")
-        steps: list[tuple[Row, Callable[[], Run]]] = [
-            (local_1, lambda: local.measure(single, 1)),
-            (served_1, lambda: served.measure(single, 1)),
-            (local_16, lambda: local.measure(many, 16)),
-            (served_n, lambda: served.measure(many, n)),
-        ]
-        if reached != 16:
-            steps.append((local_r, lambda: local.measure(many, reached)))
-        if lit is not None:
-            steps += [
-                (lit_1, lambda: lit.measure(single, 1)),
-                (lit_n, lambda: lit.measure(many, n)),
-            ]
-        rounds(args.rounds, steps)
-    finally:
-        served.close()
-        if lit is not None:
-            lit.close()
-    parameters = sum(p.numel() for p in local.model.parameters()) / 1e6
-
-    tiny_rows = latency_rows(single, args.tiny_calls, logs, args.threads)
-    print()
-    print(
-        f"CLIP {'tiny' if args.tiny else 'ViT-B/32'} (random weights, {parameters:.0f} M "
-        f"parameters), {size_kb:.0f} KB 640x480 JPEGs, torch threads {torch.get_num_threads()}, "
-        f"{os.cpu_count()} CPUs, {args.rounds} interleaved rounds"
-    )
-    ordered = [local_1, served_1, lit_1, local_16, local_r, served_n, lit_n, *tiny_rows]
-    print(table([row for row in ordered if row.images]))
-    print()
-    added = served_1.p50 - local_1.p50
-    added_tiny = tiny_rows[2].p50 - tiny_rows[1].p50
-    batched = local_r if local_r.images else local_16
-    checks = [
-        (
-            f"served {n} clients / in-process batch {reached}",
-            served_n.rate / batched.rate,
-            ">= 1.0",
-            served_n.rate >= batched.rate,
-        ),
-        (
-            f"served {n} clients / in-process batch 16",
-            served_n.rate / local_16.rate,
-            ">= 1.0",
-            served_n.rate >= local_16.rate,
-        ),
-        (
-            "served 1 client / in-process batch 1",
-            served_1.rate / local_1.rate,
-            ">= 0.95",
-            served_1.rate >= 0.95 * local_1.rate,
-        ),
-        ("added latency p50, B/32 (ms)", added, "<= 1", added <= 1.0),
-        (
-            "added latency p50, tiny CLIP, vs the engine in-process (ms)",
-            added_tiny,
-            "<= 1",
-            added_tiny <= 1.0,
-        ),
-    ]
-    if lit_n.images:
-        checks.insert(
-            2,
-            (
-                f"served {n} clients / LitServe {n} clients",
-                served_n.rate / lit_n.rate,
-                ">= 1.0",
-                served_n.rate >= lit_n.rate,
-            ),
-        )
-    print(goals_table(checks))
-    print(f"\nlogs: {logs}")
-    return 0
+    return run.main(["--capabilities", "vision", *args])
 
 
 if __name__ == "__main__":

@@ -2,138 +2,141 @@
 stubs and with the SDK (sync and asyncio, unary with and without `on_job`, streams), against
 the sleepy test service with no sleep per step, so the numbers are client + gRPC overhead.
 
-    PYTHONPATH=clients/python .venv/bin/python clients/bench/overhead.py --calls 300
+Part of the benchmark runner (`python -m bench.run --capabilities clients`); this file run as a
+script is the same:
 
-Prints a markdown table (p50/p99 in ms, calls per second)."""
+    .venv/bin/python clients/bench/overhead.py            # or --quick, --repeats N, --json -
+
+Every figure is the median of repeated runs; each run is a number of sequential calls.
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import statistics
+import contextlib
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-
-import grpc
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "clients" / "python")]
+for _path in (str(REPO), str(REPO / "clients" / "python")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc  # noqa: E402
-from mmserve_client import T2IClient, aio  # noqa: E402
-from tests.support.servers import start_process  # noqa: E402
+from bench.harness import (  # noqa: E402
+    CellSpec,
+    Loop,
+    Plan,
+    closed_loop,
+    measure_rounds,
+    start_served,
+    timed_sequence,
+)
+from bench.stats import SERVED, Cell, Run, Sample  # noqa: E402
 
 STEPS = 4
 
 
-def request() -> t2i_pb2.TextToImageRequest:
+def request() -> Any:
+    from mmserve.t2i.v1 import t2i_pb2
+
     return t2i_pb2.TextToImageRequest(
         params=t2i_pb2.GenerationParams(prompt="bench", num_inference_steps=STEPS)
     )
 
 
-def measure(fn: Callable[[], object], calls: int) -> list[float]:
-    for _ in range(20):  # warm-up: connections, caches
-        fn()
-    times = []
-    for _ in range(calls):
+def _sync(fn: Callable[[], object], calls: int) -> Callable[[], Run]:
+    import time
+
+    def one(_index: int) -> tuple[Sample, float]:
         started = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - started)
-    return times
+        return Sample(time.perf_counter() - started), 1.0
+
+    return lambda: timed_sequence(one, calls)
 
 
-async def measure_async(fn: Callable[[], Awaitable[object]], calls: int) -> list[float]:
-    for _ in range(20):
-        await fn()
-    times = []
-    for _ in range(calls):
+def _async(loop: Loop, fn: Callable[[], Awaitable[object]], calls: int) -> Callable[[], Run]:
+    import time
+
+    async def one(_index: int) -> tuple[Sample, float]:
         started = time.perf_counter()
         await fn()
-        times.append(time.perf_counter() - started)
-    return times
+        return Sample(time.perf_counter() - started), 1.0
+
+    return lambda: loop.run(closed_loop(one, calls, 1))
 
 
-def row(name: str, times: list[float]) -> str:
-    ordered = sorted(times)
-    p50 = statistics.median(ordered) * 1000
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-    return f"| {name} | {p50:.2f} | {p99:.2f} | {len(times) / sum(times):.0f} |"
+def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+    import grpc
 
+    from mmserve.t2i.v1 import t2i_pb2_grpc
+    from mmserve_client import T2IClient, aio
 
-def run(target: str, calls: int) -> list[str]:
-    rows = []
-    with grpc.insecure_channel(target) as channel:
+    calls = plan.sizes["edge_calls"]
+    notes = [
+        f"clients: {calls} sequential calls per run against the sleepy test engine (0 s steps), "
+        "straight to the server; variants are the client API used"
+    ]
+    loop = Loop()
+    closers: list[Callable[[], None]] = []
+    try:
+        server = start_served(
+            "edge", ["--step-seconds", "0"], module="tests.support.sleepy_service", envoy=False
+        )
+        closers.append(server.stop)
+        target = server.direct
+        channel = grpc.insecure_channel(target)
+        closers.append(channel.close)
         stub = t2i_pb2_grpc.ImageGenerationServiceStub(channel)
-        rows.append(row("raw stub, unary", measure(lambda: stub.TextToImage(request()), calls)))
-        rows.append(
-            row(
-                "raw stub, stream (4 steps)",
-                measure(lambda: list(stub.StreamTextToImage(request())), calls),
-            )
-        )
-    with T2IClient(target) as client:
-        rows.append(
-            row("SDK sync, generate", measure(lambda: client.generate("bench", steps=STEPS), calls))
-        )
-        rows.append(
-            row(
-                "SDK sync, generate with on_job",
-                measure(lambda: client.generate("bench", steps=STEPS, on_job=len), calls),
-            )
-        )
-        rows.append(
-            row(
-                "SDK sync, stream_generate (4 steps)",
-                measure(lambda: list(client.stream_generate("bench", steps=STEPS)), calls),
-            )
-        )
+        client = T2IClient(target)
+        closers.append(client.close)
 
-    async def async_rows() -> None:
-        async with aio.T2IClient(target) as client:
-            rows.append(
-                row(
-                    "SDK asyncio, generate",
-                    await measure_async(lambda: client.generate("bench", steps=STEPS), calls),
-                )
-            )
+        async def open_async() -> Any:
+            return aio.T2IClient(target)
 
-            async def stream() -> None:
-                async for _ in client.stream_generate("bench", steps=STEPS):
-                    pass
+        async_client = loop.run(open_async())
+        closers.append(lambda: loop.run(async_client.close()))
 
-            rows.append(
-                row("SDK asyncio, stream_generate (4 steps)", await measure_async(stream, calls))
-            )
+        async def async_stream() -> None:
+            async for _ in async_client.stream_generate("bench", steps=STEPS):
+                pass
 
-    asyncio.run(async_rows())
-    return rows
+        variants: dict[str, Callable[[], Run]] = {
+            "raw stub, unary": _sync(lambda: stub.TextToImage(request()), calls),
+            "raw stub, stream (4 steps)": _sync(
+                lambda: list(stub.StreamTextToImage(request())), calls
+            ),
+            "SDK sync, generate": _sync(lambda: client.generate("bench", steps=STEPS), calls),
+            "SDK sync, generate with on_job": _sync(
+                lambda: client.generate("bench", steps=STEPS, on_job=len), calls
+            ),
+            "SDK sync, stream_generate (4 steps)": _sync(
+                lambda: list(client.stream_generate("bench", steps=STEPS)), calls
+            ),
+            "SDK asyncio, generate": _async(
+                loop, lambda: async_client.generate("bench", steps=STEPS), calls
+            ),
+            "SDK asyncio, stream_generate (4 steps)": _async(loop, async_stream, calls),
+        }
+        specs = [
+            CellSpec(Cell("clients", SERVED, 1, "call", name), measure)
+            for name, measure in variants.items()
+        ]
+        cells = measure_rounds(specs, plan.repeats, log)
+    finally:
+        for close in reversed(closers):
+            with contextlib.suppress(Exception):
+                close()
+        loop.close()
+    return cells, notes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=300)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        server = start_process(
-            "tests.support.sleepy_service",
-            ["--step-seconds", "0"],
-            Path(folder) / "server.log",
-        )
-        try:
-            with T2IClient(server.target) as client:
-                client.wait_ready(60)
-            rows = run(server.target, args.calls)
-        finally:
-            server.stop()
-    print(f"{args.calls} sequential calls each; sleepy engine with 0 s steps; one process\n")
-    print("| client | p50 ms | p99 ms | calls/s |")
-    print("|---|---|---|---|")
-    print("\n".join(rows))
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench import run
+
+    return run.main(["--capabilities", "clients", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
