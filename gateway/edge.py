@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.catalog import CAPABILITIES, CapabilitySpec, capability
 from gateway.render import DEFAULT_EDGE_PORT, EDGE_HEALTH_SERVICE
-from services.runtime.server import configure_logging  # the services' JSON log lines
+from services.runtime.logs import configure_logging  # the services' JSON log lines
 
 log = logging.getLogger("mmserve.edge")
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -21,6 +20,7 @@ import grpc
 
 from services.runtime import errors
 from services.runtime.calls import REQUEST_ID_HEADER, CallInfo, bind_call, unbind_call
+from services.runtime.logs import EventLine
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.security import KeyStore, RateLimiter
 from services.runtime.status import code_of, to_grpc_status
@@ -69,6 +69,18 @@ def _check_parsed(request: Any, method: str) -> None:
         )
 
 
+class _CallMetrics:
+    __slots__ = ("count", "seconds")
+
+    def __init__(self, count: Any, seconds: Any) -> None:
+        self.count = count
+        self.seconds = seconds
+
+    def observe(self, seconds: float) -> None:
+        self.count.inc()
+        self.seconds.observe(seconds)
+
+
 class ServingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -79,6 +91,20 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         self._keys = keys
         self._limiter = limiter
         self._metrics = metrics
+        # Prometheus label lookups cost more than the update itself; each (method, code) pair
+        # resolves its children once.
+        self._children: dict[tuple[str, grpc.StatusCode], _CallMetrics] = {}
+
+    def _call_metrics(self, method: str, code: grpc.StatusCode) -> _CallMetrics:
+        children = self._children.get((method, code))
+        if children is None:
+            assert self._metrics is not None
+            children = _CallMetrics(
+                self._metrics.requests.labels(method, code.name),
+                self._metrics.request_seconds.labels(method),
+            )
+            self._children[(method, code)] = children
+        return children
 
     async def intercept_service(
         self,
@@ -147,8 +173,10 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
     def _finish(self, info: CallInfo, code: grpc.StatusCode, open_method: bool) -> None:
         seconds = time.monotonic() - info.started
         if self._metrics and not open_method:
-            self._metrics.requests.labels(info.method, code.name).inc()
-            self._metrics.request_seconds.labels(info.method).observe(seconds)
+            self._call_metrics(info.method, code).observe(seconds)
+        level = logging.DEBUG if open_method else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
         record = {
             "method": info.method,
             "code": code.name,
@@ -161,8 +189,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             "key_id": info.key_id or None,
             "peer": info.peer,
         }
-        level = logging.DEBUG if open_method else logging.INFO
-        access_log.log(level, json.dumps(record, separators=(",", ":")))
+        access_log.log(level, EventLine(record))
 
     @contextlib.asynccontextmanager
     async def _call(

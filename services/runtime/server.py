@@ -23,6 +23,7 @@ from services.runtime.app import ModelState, ServiceRuntime
 from services.runtime.config import ConfigError, ServiceSettings, load_settings
 from services.runtime.engine import Engine
 from services.runtime.interceptors import ServingInterceptor
+from services.runtime.logs import configure_logging
 from services.runtime.security import KeyStore, RateLimiter
 
 log = logging.getLogger("mmserve.server")
@@ -55,39 +56,6 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         # Envoy keeps pooled upstream connections; let it reuse them freely.
         ("grpc.so_reuseport", 0),
     ]
-
-
-def _json_object(text: str) -> dict[str, object] | None:
-    if not text.startswith("{"):
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        entry: dict[str, object] = {"level": record.levelname, "logger": record.name}
-        # Event lines are logged as JSON objects already: merge them rather than nest a string.
-        parsed = _json_object(message)
-        if parsed is None:
-            entry["message"] = message
-        else:
-            entry.update(parsed)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 class ServiceServer:
