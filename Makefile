@@ -103,7 +103,7 @@ profile: install bench-deps ## CPU profile (py-spy) of the served path on the ti
 	$(PY) -m bench.profile $(PROFILE_ARGS)
 
 SOAK_SECONDS ?= 600
-soak: install ## reliability suites with a long soak: SOAK_SECONDS of load on one server, more rolling restarts, real vision replicas
+soak: install ## reliability suites with a long soak (SOAK_SECONDS): memory under load, rolling restarts of every real capability
 	MMSERVE_SOAK=1 MMSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q --timeout=$$(( $(SOAK_SECONDS) * 2 + 900 )) \
 	  tests/reliability/faults tests/reliability/load tests/reliability/security
 

@@ -26,6 +26,8 @@ from gateway.descriptors import build_descriptor_set
 
 TEMPLATE = Path(__file__).with_name("envoy.yaml.j2")
 EDGE_CLUSTER = "edge"
+# The browser playground's static files (gateway/static.py), when the edge serves them.
+PLAYGROUND_CLUSTER = "playground"
 # The edge service reports itself under this health name (its cluster's own check); the
 # capabilities' names report their replicas (see gateway/edge.py).
 EDGE_HEALTH_SERVICE = "mmserve.edge"
@@ -134,6 +136,9 @@ class EdgeConfig:
         default=4 * 1024 * 1024, metadata=_help("Per-connection flow-control buffer.")
     )
     access_log: bool = field(default=True, metadata=_help("JSON access log on stdout."))
+    # A static file server with the browser playground (gateway/static.py): GET and HEAD of
+    # every path no gRPC route takes go there. None: no such route (the default).
+    playground: Endpoint | None = None
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -147,6 +152,10 @@ class EdgeConfig:
     def all_clusters(self) -> tuple[Upstream, ...]:
         edge = Upstream(EDGE_CLUSTER, EDGE_HEALTH_SERVICE, self.edge_endpoints)
         return (*self.upstreams, edge)
+
+    @property
+    def playground_cluster(self) -> str:
+        return PLAYGROUND_CLUSTER
 
     @property
     def json_body_limit_bytes(self) -> int:
@@ -236,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="Compile protos/ into --descriptors first.",
     )
+    parser.add_argument(
+        "--playground",
+        type=Endpoint.parse,
+        default=None,
+        help="Static file server with the browser playground, host:port (python -m "
+        "gateway.static): GET/HEAD of other paths go there. Default: no playground route.",
+    )
     parser.add_argument("--out", type=Path, default=None, help="Output file; stdout if unset.")
     for name, f in _SCALARS.items():
         flag, text = "--" + name.replace("_", "-"), f.metadata["help"]
@@ -258,6 +274,7 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         edge_endpoints=tuple(Endpoint.parse(a) for a in args.edge_service.split(",")),
         descriptor_path=str(Path(args.descriptors).resolve()),
         cors_origins=tuple(args.cors_origin) if args.cors_origin else EdgeConfig.cors_origins,
+        playground=args.playground,
         **scalars,
     )
 

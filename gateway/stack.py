@@ -1,6 +1,7 @@
-"""The local stack: every capability that exists (on its built-in tiny model), the edge service
-and Envoy, on one machine; waits until each capability is SERVING through Envoy, prints the
-address and examples, and stops everything on Ctrl-C or SIGTERM.
+"""The local stack: every capability that exists (on its built-in tiny model), the edge service,
+Envoy and the browser playground at the edge's own URL, on one machine; waits until each
+capability is SERVING through Envoy, prints the address and examples, and stops everything on
+Ctrl-C or SIGTERM.
 
     python -m gateway.stack                        # every capability, one replica each
     python -m gateway.stack --replicas vision=2 --only vision,t2i --port 8080
@@ -24,6 +25,7 @@ from gateway.catalog import CAPABILITIES, CapabilitySpec, capability
 from gateway.descriptors import build_descriptor_set
 from gateway.processes import REPO, Child, free_port, stop_all, tool
 from gateway.render import EdgeConfig, Endpoint, capability_upstream, render
+from gateway.static import WEB_DIR, PlaygroundError, StaticServer, ensure_built
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -59,6 +61,8 @@ class StackConfig:
     stop_grace: float = 30.0
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for the services
     edge: EdgeConfig | None = None  # template for the rendered parameters (TLS, CORS, timeouts)
+    # A built playground (clients/web/dist) to serve at the edge's own URL; None: no playground.
+    playground: Path | None = None
 
 
 class Stack:
@@ -72,6 +76,7 @@ class Stack:
         self.edge_port = free_port()
         self.edge_child: Child | None = None
         self.envoy: Child | None = None
+        self.static: StaticServer | None = None  # the playground's files, on loopback
         self.envoy_config_path = config.run_dir / "envoy.yaml"
 
     # --- addresses ---
@@ -86,6 +91,17 @@ class Stack:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def url(self) -> str:
+        """The edge as a browser reaches it (http or https)."""
+        tls = bool(self.config.edge and self.config.edge.tls_cert)
+        return f"{'https' if tls else 'http'}://{self.address}"
+
+    @property
+    def playground_url(self) -> str | None:
+        """The playground's page: the edge's own URL (its grpc-web calls are same-origin)."""
+        return f"{self.url}/" if self.config.playground is not None else None
 
     def group(self, name: str) -> ServiceGroup:
         return next(g for g in self.config.groups if g.spec.name == name)
@@ -120,6 +136,7 @@ class Stack:
         base = self.config.edge or EdgeConfig(upstreams=(), edge_endpoints=(), descriptor_path="")
         upstreams = tuple(capability_upstream(g.spec.name, g.endpoints) for g in self.config.groups)
         descriptors = build_descriptor_set(self.config.run_dir / "mmserve.binpb")
+        static = Endpoint("127.0.0.1", self.static.port) if self.static is not None else None
         return replace(
             base,
             upstreams=upstreams,
@@ -128,6 +145,7 @@ class Stack:
             listen_host=self.config.host,
             listen_port=self.port,
             admin_port=self.admin_port,
+            playground=static,
         )
 
     def start(self) -> None:
@@ -153,6 +171,10 @@ class Stack:
             ],
             run_dir / "logs" / "edge.log",
         ).start()
+        if self.config.playground is not None:
+            # A thread of this process: it ends with the launcher, like the children do.
+            log = run_dir / "logs" / "playground.log"
+            self.static = StaticServer(self.config.playground, log_path=log).start()
         self.envoy_config_path.write_text(render(self.edge_config()))
         self.envoy = Child(
             "envoy",
@@ -218,6 +240,9 @@ class Stack:
         stop_all(services, grace)
         if self.envoy is not None:
             stop_all([self.envoy], 5.0)
+        if self.static is not None:
+            self.static.stop()
+            self.static = None
 
     def __enter__(self) -> Stack:
         self.start()
@@ -280,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Allowed browser origin, repeatable ('*' for any); default localhost:3000.",
     )
+    parser.add_argument(
+        "--playground",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Serve the browser playground (clients/web) at the edge's URL, building it first "
+        "(npm run build) when it is missing or older than its sources.",
+    )
     parser.add_argument("--tls-cert", default="", help="PEM certificate: serve HTTPS/h2.")
     parser.add_argument("--tls-key", default="", help="PEM private key for --tls-cert.")
     parser.add_argument(
@@ -340,16 +372,18 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
         ready_timeout=args.ready_timeout,
         stop_grace=args.stop_grace,
         edge=edge,
+        playground=WEB_DIR / "dist" if args.playground else None,
     )
 
 
 def banner(stack: Stack) -> str:
     tls = bool(stack.config.edge and stack.config.edge.tls_cert)
     flag = "-insecure" if tls else "-plaintext"
-    scheme = "https" if tls else "http"
     first = stack.config.groups[0].spec
+    playground = stack.playground_url
     lines = [
         f"mmserve edge: {stack.address} (gRPC, grpc-web, HTTP/JSON); admin {stack.admin_url}",
+        *([f"  playground: {playground} (open it in a browser)"] if playground else []),
         *(
             f"  {g.spec.name}: {', '.join(str(e) for e in g.endpoints)} ({g.spec.service})"
             for g in stack.config.groups
@@ -360,7 +394,7 @@ def banner(stack: Stack) -> str:
         f'  grpcurl {flag} -d \'{{"service": "{first.service}"}}\' {stack.address} '
         "grpc.health.v1.Health/Check",
         f"  curl -s -X POST -H 'content-type: application/json' -d '{{}}' "
-        f"{scheme}://{stack.address}/{first.service}/GetModelInfo",
+        f"{stack.url}/{first.service}/GetModelInfo",
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
@@ -373,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"gateway.stack: {exc}", file=sys.stderr)
         return 2
+    if config.playground is not None:
+        try:
+            ensure_built(WEB_DIR, say=lambda text: print(text, flush=True))
+        except PlaygroundError as exc:
+            print(f"gateway.stack: {exc}", file=sys.stderr)
+            return 1
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -45,6 +45,7 @@ from services.omni.turns import AudioOut, ChatJob, ChatResult, FinishReason, Spe
 from services.omni.voices import VOICE_PREFIX
 from services.runtime import job_protos
 from services.runtime.app import JobsServicerMixin, ServiceRuntime, fill_job_event
+from services.runtime.calls import current_call
 from services.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -93,6 +94,13 @@ def _audio_chunk(chunk: AudioOut) -> omni_pb2.AudioChunk:
         ),
         index=chunk.index,
     )
+
+
+def _caller() -> str:
+    """The calling key's id (set by the interceptor; "" with auth off): sessions are bound to
+    the key that opened them."""
+    call = current_call()
+    return call.key_id if call is not None else ""
 
 
 def _usage(result: ChatResult, usage: JobUsage) -> job_pb2.Usage:
@@ -179,7 +187,7 @@ class OmniServicer(JobsServicerMixin, omni_pb2_grpc.OmniServiceServicer):
     def _session(self, session_id: str) -> Session:
         if not session_id:
             raise InvalidArgument.for_field("session_id", "required")
-        return self.sessions.get(session_id)
+        return self.sessions.get(session_id, _caller())
 
     async def OpenSession(
         self, request: omni_pb2.OpenSessionRequest, context: Any
@@ -212,7 +220,7 @@ class OmniServicer(JobsServicerMixin, omni_pb2_grpc.OmniServiceServicer):
             "voice": self.engine.resolve_voice(speech),
             "max_images": self.settings.max_images,
         }
-        session = await self.sessions.open(spec, mode, request.record, rate)
+        session = await self.sessions.open(spec, mode, request.record, rate, _caller())
         return omni_pb2.OpenSessionResponse(
             session_id=session.session_id,
             pause_timeout_seconds=self.settings.session_pause_timeout_seconds,
@@ -281,7 +289,7 @@ class OmniServicer(JobsServicerMixin, omni_pb2_grpc.OmniServiceServicer):
     ) -> Any:
         if not request.session_id:
             raise InvalidArgument.for_field("session_id", "required")
-        closed = self.sessions.closed_info(request.session_id)
+        closed = self.sessions.closed_info(request.session_id, _caller())
         if closed is not None:
             reply = omni_pb2.StreamSessionEventsResponse(session_id=request.session_id)
             reply.state.state = omni_pb2.SESSION_STATE_CLOSED
@@ -348,9 +356,9 @@ class OmniServicer(JobsServicerMixin, omni_pb2_grpc.OmniServiceServicer):
     ) -> omni_pb2.CloseSessionResponse:
         if not request.session_id:
             raise InvalidArgument.for_field("session_id", "required")
-        if self.sessions.closed_info(request.session_id) is None:
+        if self.sessions.closed_info(request.session_id, _caller()) is None:
             await self.sessions.close(self._session(request.session_id), "closed by client")
-        closed = self.sessions.closed_info(request.session_id)
+        closed = self.sessions.closed_info(request.session_id, _caller())
         assert closed is not None
         _, turns, recording = closed
         return omni_pb2.CloseSessionResponse(turns=turns, recording_path=recording)

@@ -34,6 +34,7 @@ from services.omni.session_runner import (
     SessionInput,
     SessionRunner,
     SessionSpec,
+    TurnDone,
 )
 from services.runtime.app import Accepted, ModelState, ServiceRuntime
 from services.runtime.errors import (
@@ -86,6 +87,8 @@ OutEvent = StateEvent | QueueEvent | HeartbeatEvent | SessionEvent
 class Session:
     spec: SessionSpec
     kind: str
+    # The API key id that opened it ("" with auth off): only that key may use it.
+    owner: str = ""
     opened: float = field(default_factory=time.monotonic)
     state: State = State.LISTENING
     activity: Activity = Activity.LISTENING
@@ -128,7 +131,8 @@ class SessionManager:
         self._engine = engine
         self._settings = settings
         self._sessions: dict[str, Session] = {}
-        self._closed: dict[str, tuple[float, str, int, str]] = {}  # id -> (when, why, turns, rec)
+        # id -> (when, why, turns, recording, owner)
+        self._closed: dict[str, tuple[float, str, int, str, str]] = {}
         self._watchdog: asyncio.Task[None] | None = None
 
     # ---- open -----------------------------------------------------------------------------
@@ -138,9 +142,15 @@ class SessionManager:
         return len(self._sessions)
 
     async def open(
-        self, spec_args: dict[str, Any], mode: Mode, record: bool, input_rate: int
+        self,
+        spec_args: dict[str, Any],
+        mode: Mode,
+        record: bool,
+        input_rate: int,
+        owner: str = "",
     ) -> Session:
-        """Opens a session and queues its job; RESOURCE_EXHAUSTED beyond max_sessions."""
+        """Opens a session for `owner` (the caller's key id) and queues its job;
+        RESOURCE_EXHAUSTED beyond max_sessions."""
         self._runtime.ensure_ready()
         if len(self._sessions) >= self._settings.max_sessions:
             raise ResourceExhausted(
@@ -156,6 +166,7 @@ class SessionManager:
         session = Session(
             spec=spec,
             kind=f"session_{mode.value}",
+            owner=owner,
             max_events=self._settings.session_event_buffer,
             input_rate=input_rate,
         )
@@ -229,22 +240,31 @@ class SessionManager:
                 session.state = state
                 session.post(payload.turn, StateEvent(state, payload.reason))
             return
+        if isinstance(payload, TurnDone):
+            # The runner announces LISTENING right after this; a pause taken in between must
+            # resume to listening, not to the finished reply.
+            session.activity = Activity.LISTENING
         session.post(payload.turn, payload)
 
     # ---- lookups and calls ----------------------------------------------------------------
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str, owner: str = "") -> Session:
+        """The open session `session_id` of `owner`. Another key's session, open or closed, is
+        NOT_FOUND exactly like an unknown id: a leaked or guessed id gives no access and does
+        not even confirm that the session exists."""
         session = self._sessions.get(session_id)
-        if session is not None:
+        if session is not None and session.owner == owner:
             return session
         gone = self._closed.get(session_id)
-        if gone is not None:
+        if session is None and gone is not None and gone[4] == owner:
             raise FailedPrecondition(f"session {session_id} is closed: {gone[1]}")
         raise NotFound(f"session {session_id} not found")
 
-    def closed_info(self, session_id: str) -> tuple[str, int, str] | None:
+    def closed_info(self, session_id: str, owner: str = "") -> tuple[str, int, str] | None:
         gone = self._closed.get(session_id)
-        return None if gone is None else (gone[1], gone[2], gone[3])
+        if gone is None or gone[4] != owner:
+            return None
+        return gone[1], gone[2], gone[3]
 
     def push(self, session: Session, sequence: int, item: SessionInput | None, end: bool) -> None:
         """Takes one chunk (after decoding, under the session's push lock)."""
@@ -327,6 +347,7 @@ class SessionManager:
             session.close_reason,
             session.turn + (1 if session.activity is Activity.RESPONDING else 0),
             recording,
+            session.owner,
         )
         session.post(session.turn, StateEvent(State.CLOSED, session.close_reason))
         log.info("session %s closed: %s", session.session_id, session.close_reason)

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import inspect
 import logging
 import threading
 import time
@@ -46,6 +47,8 @@ log = logging.getLogger("mmserve.executor")
 
 # The shortest retry hint QueueFull gives: sooner than this a retry only adds load.
 _MIN_RETRY_AFTER_SECONDS = 0.5
+# A cancel this close to a job's deadline is the deadline passing (see JobHandle.cancel).
+_DEADLINE_SLACK_SECONDS = 0.05
 
 
 class JobState(enum.StrEnum):
@@ -352,9 +355,25 @@ class RunTimeEstimator:
 # --------------------------------------------------------------------------------------------
 
 
+class _Delivery:
+    """What a job's submitter receives: its buffered events and its result (or the error as
+    raised, traceback and all). The JobHandle holds it and the job lets go of it when it ends,
+    so results, outputs and errors live exactly as long as the call waiting for them, never for
+    the job_retention_seconds that GetJob keeps a finished job around (a soak measured ~1 MiB
+    of RSS growth per retained call with real-sized results and outputs)."""
+
+    def __init__(self) -> None:
+        self.events: collections.deque[JobEvent] = collections.deque()
+        self.ready = asyncio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class _Job:
     """One job's mutable state; touched only on the loop thread, except `token`, `ctx`, `fn`
-    and `batch_input`, which the device thread reads."""
+    and `batch_input`, which the device thread reads. A finished job keeps only what snapshots
+    need: its inputs are dropped once the device is done with them, its result and events go
+    with its delivery, and its error is a detached copy (see `_detached`)."""
 
     def __init__(
         self,
@@ -383,11 +402,9 @@ class _Job:
         self.step = 0
         self.total_steps = 0
         self.batch_size = 0
-        self.result: Any = None
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # detached: type, message and fields only
         self.done = asyncio.Event()
-        self.events: collections.deque[JobEvent] = collections.deque()
-        self.event_ready = asyncio.Event()
+        self.delivery: _Delivery | None = _Delivery()  # None once the job ended
         self.events_taken = False
         self.last_position = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -407,16 +424,27 @@ class _Job:
     def push(self, event: JobEvent) -> None:
         """Buffers an event for `events()`. A queue or progress update replaces an unread one of
         the same type: readers only need the latest, and a job whose events are never read (a
-        unary call) then buffers little. Outputs are never dropped."""
+        unary call) then buffers little. Outputs are never dropped. Nothing is buffered once
+        the job ended and handed its delivery over."""
+        delivery = self.delivery
+        if delivery is None:
+            return
+        events = delivery.events
         if (
             isinstance(event, JobQueued | JobProgress)
-            and self.events
-            and type(self.events[-1]) is type(event)
+            and events
+            and type(events[-1]) is type(event)
         ):
-            self.events[-1] = event
+            events[-1] = event
         else:
-            self.events.append(event)
-        self.event_ready.set()
+            events.append(event)
+        delivery.ready.set()
+
+    def release_inputs(self) -> None:
+        """Drops the work function and batch input (they hold the request's decoded data);
+        only once the device thread can no longer read them."""
+        self.fn = None
+        self.batch_input = None
 
 
 @dataclass
@@ -437,6 +465,47 @@ class _BatchReport:
 
 def _state_for_error(error: BaseException) -> JobState:
     return JobState.CANCELLED if isinstance(error, JobCancelled) else JobState.FAILED
+
+
+def _detached(error: BaseException) -> BaseException:
+    """A copy of `error` for the job record GetJob reads after the job ended: same type, args
+    and fields (message, violations, retry delay), without the traceback and causes. The raised
+    error's traceback grows through the servicer's frames, whose locals hold the request (images,
+    audio) and the call, and would keep them alive for job_retention_seconds."""
+    cls = type(error)
+    try:
+        clone = cls.__new__(cls, *error.args)
+        clone.__dict__.update(error.__dict__)
+    except Exception:  # an exception type that cannot be rebuilt: keep the original
+        return error
+    return clone
+
+
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _drop_frames(error: BaseException | None) -> None:
+    """Clears the locals of the finished plain-function frames in `error`'s traceback and in its
+    causes'. Called once the device thread is done with a failed job: the engine's frames hold
+    its activations, and an out-of-memory error that kept them alive would make the next job run
+    out of memory too. Tracebacks still print (code and line numbers stay); only the locals go.
+    Frames still executing are skipped (clear() refuses them), and so are generator and
+    coroutine frames: clearing a suspended one would close it, and a cancel error raised on the
+    loop thread first (by JobHandle.result) carries the awaiting coroutine's frame."""
+    pending = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            if not tb.tb_frame.f_code.co_flags & _SUSPENDABLE:
+                with contextlib.suppress(RuntimeError):
+                    tb.tb_frame.clear()
+            tb = tb.tb_next
+        pending += [current.__cause__, current.__context__]
 
 
 def _as_oom(error: BaseException, kind: str) -> BaseException:
@@ -460,8 +529,10 @@ def _call_batch(
     kind: str, fn: Callable[[list[Any], list[JobContext]], list[Any]], jobs: list[_Job]
 ) -> _BatchReport:
     """Runs on the device thread: one call for the batch, split in halves on OOM (recursively)
-    so a batch too big for the device still completes. Shares no state with the loop; the
-    report is applied there."""
+    so a batch too big for the device still completes. Any other error splits it too, so the
+    job that makes the model raise fails alone instead of taking the other callers' jobs in its
+    batch down with it (only OOM lowers the batch size for later batches). Shares no state
+    with the loop; the report is applied there."""
     report = _BatchReport()
 
     def run(group: list[_Job]) -> None:
@@ -478,9 +549,10 @@ def _call_batch(
         try:
             results = fn([job.batch_input for job in live], [job.ctx for job in live])
         except Exception as exc:
-            if is_out_of_memory(exc) and size > 1:
+            if size > 1:
                 middle = (size + 1) // 2
-                report.halvings.append(middle)
+                if is_out_of_memory(exc):
+                    report.halvings.append(middle)
                 run(live[:middle])
                 run(live[middle:])
                 return
@@ -515,6 +587,8 @@ class JobHandle:
     def __init__(self, executor: SingleFlightExecutor, job: _Job) -> None:
         self._executor = executor
         self._job = job
+        assert job.delivery is not None, "a handle is made when its job is submitted"
+        self._delivery = job.delivery
         self.job_id = job.job_id
 
     @property
@@ -529,9 +603,9 @@ class JobHandle:
         DeadlineExceeded, OutOfMemory, or the engine's exception unchanged). A cancel resolves
         this at once, even while the work function is still winding down on the device."""
         await self._job.done.wait()
-        if self._job.error is not None:
-            raise self._job.error
-        return self._job.result
+        if self._delivery.error is not None:
+            raise self._delivery.error
+        return self._delivery.result
 
     def events(self, heartbeat_seconds: float | None = None) -> AsyncIterator[JobEvent]:
         """The job's events in order, ending after JobFinished or JobFailed (failures are
@@ -545,35 +619,44 @@ class JobHandle:
         return self._iter_events(heartbeat_seconds)
 
     async def _iter_events(self, heartbeat_seconds: float | None) -> AsyncIterator[JobEvent]:
-        job = self._job
+        job, delivery = self._job, self._delivery
         last_yield = time.monotonic()
         while True:
-            while job.events:
-                event = job.events.popleft()
+            while delivery.events:
+                event = delivery.events.popleft()
                 yield event
                 if isinstance(event, JobFinished | JobFailed):
                     return
                 last_yield = time.monotonic()
-            job.event_ready.clear()
+            delivery.ready.clear()
             if heartbeat_seconds is None:
-                await job.event_ready.wait()
+                await delivery.ready.wait()
                 continue
             wait = last_yield + heartbeat_seconds - time.monotonic()
             if wait > 0:
                 try:
                     async with asyncio.timeout(wait):
-                        await job.event_ready.wait()
+                        await delivery.ready.wait()
                     continue
                 except TimeoutError:
                     pass
-            if not job.events:
+            if not delivery.events:
                 yield JobHeartbeat(job.state, time.monotonic() - job.create_mono)
                 last_yield = time.monotonic()
 
     def cancel(self, reason: str = "cancelled by client") -> None:
         """Cancels the job (no-op once it ended): a queued job leaves the queue at once; a
-        running one fails now and stops at its next `ctx.check()`."""
-        self._executor._cancel_job(self._job, JobCancelled(reason))
+        running one fails now and stops at its next `ctx.check()`. A cancel at the job's
+        deadline is recorded as DeadlineExceeded: gRPC cancels a call whose deadline passed at
+        the moment the job's own deadline timer fires (both are the client's deadline), and
+        whichever runs first, the job ended because its deadline passed."""
+        job = self._job
+        deadline = job.token.deadline
+        if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK_SECONDS:
+            error = DeadlineExceeded(f"job {job.job_id} exceeded its deadline")
+            self._executor._cancel_job(job, error)
+            return
+        self._executor._cancel_job(job, JobCancelled(reason))
 
     def snapshot(self) -> JobSnapshot:
         return self._executor._snapshot(self._job)
@@ -840,6 +923,8 @@ class SingleFlightExecutor:
         finally:
             self._device_kind = None
             self._running = []
+            for job in live:  # the device thread is done with them
+                job.release_inputs()
             self._update_idle()
 
     async def _run_plain(self, job: _Job) -> None:
@@ -848,6 +933,7 @@ class SingleFlightExecutor:
         try:
             value = await self._loop.run_in_executor(self._device, _call_plain, job)
         except Exception as exc:
+            _drop_frames(exc)
             self._finish(job, error=_as_oom(exc, job.kind))
             return
         self._eta.observe(job.kind, time.monotonic() - started)
@@ -878,6 +964,7 @@ class SingleFlightExecutor:
             if outcome.ok:
                 self._finish(job, result=outcome.value)
             else:
+                _drop_frames(outcome.value)
                 self._finish(job, error=outcome.value)
 
     # --- job transitions (loop thread) -----------------------------------------------------
@@ -892,8 +979,7 @@ class SingleFlightExecutor:
         job.state = JobState.SUCCEEDED if error is None else _state_for_error(error)
         job.end_mono = now
         job.end_wall = time.time()
-        job.result = result
-        job.error = error
+        job.error = None if error is None else _detached(error)
         if job.timer is not None:
             job.timer.cancel()
             job.timer = None
@@ -906,6 +992,12 @@ class SingleFlightExecutor:
             job.push(JobFinished(result, job.usage(now)))
         else:
             job.push(JobFailed(error))
+        if job.delivery is not None:  # hand the outcome over; the record keeps none of it
+            job.delivery.result = result
+            job.delivery.error = error
+            job.delivery = None
+        if was_queued:  # never reached the device
+            job.release_inputs()
         job.done.set()
         self._notify(self._observer.job_finished, job.kind, job.state, job.run_seconds(now))
         self._ended.append((now, job.job_id))

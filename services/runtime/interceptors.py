@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import re
 import time
@@ -235,11 +236,21 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_stream(
         self,
-        behaviour: Callable[..., AsyncIterator[Any]],
+        behaviour: Callable[..., Any],
         method: str,
         metadata: dict[str, Any],
         open_method: bool,
-    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    ) -> Callable[[Any, Any], Any]:
+        if not inspect.isasyncgenfunction(behaviour):
+            # A handler that streams with `await context.write(...)` (grpc's own health Watch)
+            # is a coroutine, not an async generator: await it inside the same call scope.
+            async def write(request: Any, context: Any) -> None:
+                async with self._call(method, metadata, context, open_method):
+                    _check_parsed(request, method)
+                    await behaviour(request, context)
+
+            return write
+
         async def handle(request: Any, context: Any) -> AsyncIterator[Any]:
             async with self._call(method, metadata, context, open_method):
                 _check_parsed(request, method)

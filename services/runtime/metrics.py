@@ -11,7 +11,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -97,6 +104,10 @@ class ServiceMetrics:
             "Memory in use on the model's device (RSS on CPU).",
             registry=r,
         )
+        # process_resident_memory_bytes, CPU seconds, open fds: the private registry misses the
+        # default one's process collector, and RSS is what load tests and soaks watch for leaks
+        # (mmserve_device_memory_bytes is device memory on GPUs).
+        ProcessCollector(registry=r)
         self.capability = capability
         self._http: Any = None
 

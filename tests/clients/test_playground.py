@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.static import PlaygroundError, ensure_built
 from mmserve_client import JobState, T2IClient
 from tests.clients.helpers import REPO, png, wait_for_state
 from tests.clients.servers import Served
@@ -26,22 +27,13 @@ DRIVER = Path(__file__).with_name("playground.mjs")
 
 def built_dist() -> Path:
     """clients/web/dist, rebuilt (npm run build: codegen, type check, Vite) when a source is
-    newer than the last build."""
-    index = WEB / "dist" / "index.html"
+    newer than the last build, as `python -m gateway.stack` does."""
     if not (WEB / "node_modules" / ".bin" / "vite").exists():
         pytest.fail("the playground's packages are missing: run `npm ci` in clients/web")
-    sources = [
-        *(p for p in (WEB / "src").rglob("*") if "gen" not in p.relative_to(WEB / "src").parts),
-        WEB / "index.html",
-        WEB / "package.json",
-        *(REPO / "protos").rglob("*.proto"),
-    ]
-    if not index.exists() or any(p.stat().st_mtime > index.stat().st_mtime for p in sources):
-        done = subprocess.run(
-            ["npm", "run", "build"], cwd=WEB, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-    return index.parent
+    try:
+        return ensure_built(WEB, say=lambda text: None)
+    except PlaygroundError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from gateway.edge import fetch_clusters
 from gateway.processes import REPO, tool
 from mmserve.t2i.v1 import t2i_pb2
 
@@ -107,3 +108,20 @@ def post_json(
             body="".join(text for _, text in lines),
             lines=lines,
         )
+
+
+def host_status(admin_url: str, cluster_name: str, address: str) -> dict[str, Any]:
+    """Envoy's health flags for one upstream host (admin /clusters)."""
+    for cluster in fetch_clusters(admin_url, 5)["cluster_statuses"]:
+        if cluster["name"] != cluster_name:
+            continue
+        for host in cluster.get("host_statuses", []):
+            socket = host["address"]["socket_address"]
+            if f"{socket['address']}:{socket['port_value']}" == address:
+                return dict(host["health_status"])
+    raise AssertionError(f"{address} not in Envoy's {cluster_name} cluster")
+
+
+def in_rotation(status: dict[str, Any]) -> bool:
+    """No failure flag set (eds_health_status is the declared state, not a failure)."""
+    return not any(v is True for k, v in status.items() if k != "eds_health_status")

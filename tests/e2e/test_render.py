@@ -66,8 +66,13 @@ def test_envoy_accepts_the_rendered_config(descriptors: Path, tmp_path: Path) ->
     validate(render(config(descriptors)), tmp_path)
 
 
-def test_streams_get_their_own_routes_without_timeout_or_retries(descriptors: Path) -> None:
+def test_streams_get_their_own_routes_without_timeout(descriptors: Path) -> None:
     doc = yaml.safe_load(render(config(descriptors)))
+    unary = next(
+        r["route"]
+        for r in routes(doc)
+        if r["match"].get("prefix") == "/mmserve.t2i.v1.ImageGenerationService/"
+    )
     by_path = {r["match"].get("path"): r["route"] for r in routes(doc) if "path" in r["match"]}
     streaming = {
         f"/{spec.service}/{method}"
@@ -79,7 +84,9 @@ def test_streams_get_their_own_routes_without_timeout_or_retries(descriptors: Pa
     assert set(by_path) == streaming
     for route in by_path.values():
         assert route["timeout"] == "0s"
-        assert "retry_policy" not in route
+        # Retried like unary calls, only before any response header (a stream's first event
+        # carries them): a stream racing a draining replica's health check is not lost.
+        assert route["retry_policy"] == unary["retry_policy"]
         # No route max_stream_duration: Envoy would rewrite grpc-timeout and race the deadline.
         assert "max_stream_duration" not in route
         # Longer than the services' 5 s heartbeat, so live streams are never idle-closed.

@@ -14,13 +14,15 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.edge import NOT_SERVING, SERVING, fetch_clusters
+from gateway.edge import NOT_SERVING, SERVING
 from gateway.stack import Stack
 from mmserve.common.v1 import job_pb2
 from mmserve.t2i.v1 import t2i_pb2_grpc
 from tests.e2e.conftest import sleepy_config
 from tests.e2e.support import (
     REPLICA_HEADER,
+    host_status,
+    in_rotation,
     read_into,
     replica_of,
     replica_value,
@@ -44,18 +46,7 @@ def addresses(stack: Stack) -> list[str]:
 
 
 def host_health(stack: Stack, address: str) -> dict[str, Any]:
-    for cluster in fetch_clusters(stack.admin_url, 5)["cluster_statuses"]:
-        if cluster["name"] != "t2i":
-            continue
-        for host in cluster["host_statuses"]:
-            socket = host["address"]["socket_address"]
-            if f"{socket['address']}:{socket['port_value']}" == address:
-                return dict(host["health_status"])
-    raise AssertionError(f"{address} not in Envoy's t2i cluster")
-
-
-def in_rotation(status: dict[str, Any]) -> bool:
-    return not any(v is True for k, v in status.items() if k != "eds_health_status")
+    return host_status(stack.admin_url, "t2i", address)
 
 
 async def wait_until(predicate: Any, timeout: float, what: str) -> None:

@@ -1,5 +1,7 @@
-// Where the playground sends its calls: Envoy's grpc-web listener (the same origin when Envoy
-// serves the page, or ?edge=http://host:port), with the API key as a Bearer token.
+// Where the playground sends its calls: Envoy's grpc-web listener, with the API key as a Bearer
+// token. By default the page's own origin: `python -m gateway.stack` serves the page from the
+// edge itself, so its calls are same-origin. ?edge=http://host:port (or the edge field at the
+// top) points it at another edge, which must then allow the page's origin (--cors-origin).
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import type { DescService } from "@bufbuild/protobuf";
