@@ -147,10 +147,15 @@ class ServiceRuntime:
         self.ensure_ready()
         remaining = context.time_remaining() if context is not None else None
         deadline = None if remaining is None else time.monotonic() + remaining
-        handle = self.executor.submit(
-            kind, fn, batch_input=batch_input, batch_key=batch_key, deadline=deadline
-        )
         call = current_call()
+        handle = self.executor.submit(
+            kind,
+            fn,
+            batch_input=batch_input,
+            batch_key=batch_key,
+            deadline=deadline,
+            owner=call.key_id if call is not None else "",
+        )
         if call is not None and not call.job_id:
             call.job_id = handle.job_id
         return handle
@@ -272,15 +277,22 @@ class JobsServicerMixin:
     runtime: ServiceRuntime
 
     async def GetJob(self, request: job_pb2.GetJobRequest, context: Any) -> job_pb2.GetJobResponse:
-        return job_pb2.GetJobResponse(
-            job=job_protos.job(self.runtime.executor.get(_job_id(request)))
-        )
+        snapshot = self.runtime.executor.get(_job_id(request), owner=_caller())
+        return job_pb2.GetJobResponse(job=job_protos.job(snapshot))
 
     async def CancelJob(
         self, request: job_pb2.CancelJobRequest, context: Any
     ) -> job_pb2.CancelJobResponse:
-        snapshot = self.runtime.executor.cancel(_job_id(request), "cancelled by CancelJob")
+        snapshot = self.runtime.executor.cancel(
+            _job_id(request), "cancelled by CancelJob", owner=_caller()
+        )
         return job_pb2.CancelJobResponse(job=job_protos.job(snapshot))
+
+
+def _caller() -> str:
+    """The calling key's id ("" with auth off): jobs are visible to the key that made them."""
+    call = current_call()
+    return call.key_id if call is not None else ""
 
 
 def _job_id(request: job_pb2.GetJobRequest | job_pb2.CancelJobRequest) -> str:

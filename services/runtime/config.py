@@ -120,6 +120,11 @@ class ServiceSettings(BaseSettings):
         description="API keys as 'key_id:key' (env MMSERVE_API_KEYS, comma-separated).",
         repr=False,
     )
+    open_probes: bool = Field(
+        True,
+        description="Health checks and reflection answer without a key (Kubernetes probes, "
+        "grpcurl); false makes them need one like every other RPC.",
+    )
     rate_limit_per_second: float = Field(
         0.0, ge=0, description="Per-key (or per-peer) token refill rate; 0 turns limiting off."
     )

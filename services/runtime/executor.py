@@ -386,6 +386,9 @@ class _Job:
     ) -> None:
         self.job_id = str(uuid.uuid4())
         self.kind = kind
+        # The API key id of the caller that submitted it ("" with auth off): GetJob and
+        # CancelJob from another key see it as unknown.
+        self.owner = ""
         self.fn = fn
         self.batch_input = batch_input
         self.batch_key = batch_key
@@ -781,11 +784,13 @@ class SingleFlightExecutor:
         batch_input: Any = None,
         batch_key: Hashable = None,
         deadline: float | None = None,
+        owner: str = "",
     ) -> JobHandle:
         """Queues a job and returns at once. Pass `fn` for a plain job, or `batch_input` for a
         kind registered with `register_batch`. `deadline` is an absolute time.monotonic() value
-        covering queue and run. Raises QueueFull when the queue is full and Unavailable when
-        the executor is not started, draining or closed. Call it on the loop thread."""
+        covering queue and run; `owner` the submitting caller's key id. Raises QueueFull when
+        the queue is full and Unavailable when the executor is not started, draining or closed.
+        Call it on the loop thread."""
         if self._closed or self._draining:
             raise Unavailable("server is shutting down; retry on another replica", 1.0)
         if self._scheduler is None or self._loop is None:
@@ -804,6 +809,7 @@ class SingleFlightExecutor:
                 retry_after_seconds=self._retry_after(),
             )
         job = _Job(kind, fn, batch_input, batch_key, fn is None, deadline)
+        job.owner = owner
         job.ctx = JobContext(
             job.job_id,
             kind,
@@ -827,14 +833,17 @@ class SingleFlightExecutor:
         self._wake.set()
         return JobHandle(self, job)
 
-    def get(self, job_id: str) -> JobSnapshot:
-        """The job's snapshot; NotFound for unknown ids and ended jobs past retention."""
-        return self._snapshot(self._lookup(job_id))
+    def get(self, job_id: str, owner: str | None = None) -> JobSnapshot:
+        """The job's snapshot; NotFound for unknown ids, ended jobs past retention and (with
+        `owner`) another caller's jobs."""
+        return self._snapshot(self._lookup(job_id, owner))
 
-    def cancel(self, job_id: str, reason: str = "cancelled by CancelJob") -> JobSnapshot:
+    def cancel(
+        self, job_id: str, reason: str = "cancelled by CancelJob", owner: str | None = None
+    ) -> JobSnapshot:
         """Cancels a job by id and returns its snapshot; an ended job's snapshot is returned
-        unchanged. NotFound for unknown or expired ids."""
-        job = self._lookup(job_id)
+        unchanged. NotFound for unknown or expired ids and (with `owner`) another caller's."""
+        job = self._lookup(job_id, owner)
         self._cancel_job(job, JobCancelled(reason))
         return self._snapshot(job)
 
@@ -1046,10 +1055,11 @@ class SingleFlightExecutor:
 
     # --- bookkeeping -----------------------------------------------------------------------
 
-    def _lookup(self, job_id: str) -> _Job:
+    def _lookup(self, job_id: str, owner: str | None = None) -> _Job:
         self._prune()
         job = self._jobs.get(job_id)
-        if job is None:
+        # Another key's job reads exactly like an unknown one: a leaked id confirms nothing.
+        if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"job {job_id} not found (unknown, or ended and expired)")
         return job
 

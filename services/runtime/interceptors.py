@@ -88,10 +88,12 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         keys: KeyStore,
         limiter: RateLimiter,
         metrics: ServiceMetrics | None = None,
+        open_probes: bool = True,
     ) -> None:
         self._keys = keys
         self._limiter = limiter
         self._metrics = metrics
+        self._open_probes = open_probes
         # Prometheus label lookups cost more than the update itself; each (method, code) pair
         # resolves its children once.
         self._children: dict[tuple[str, grpc.StatusCode], _CallMetrics] = {}
@@ -117,7 +119,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         metadata = dict(handler_call_details.invocation_metadata or ())
-        open_method = method.startswith(OPEN_PREFIXES)
+        open_method = self._open_probes and method.startswith(OPEN_PREFIXES)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, metadata, open_method),
@@ -130,7 +132,14 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
-        return handler  # client-streaming shapes (reflection) pass through untouched
+        if handler.stream_stream is not None and not open_method:
+            # Reflection is the only bidi stream served; it needs a key when probes are closed.
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_bidi(handler.stream_stream, method, metadata),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # open reflection passes through untouched
 
     # --- the shared steps ---
     def _new_call(self, method: str, metadata: dict[str, Any], context: Any) -> CallInfo:
@@ -255,6 +264,16 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             async with self._call(method, metadata, context, open_method):
                 _check_parsed(request, method)
                 async for response in behaviour(request, context):
+                    yield response
+
+        return handle
+
+    def _wrap_bidi(
+        self, behaviour: Callable[..., AsyncIterator[Any]], method: str, metadata: dict[str, Any]
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        async def handle(requests: Any, context: Any) -> AsyncIterator[Any]:
+            async with self._call(method, metadata, context, False):
+                async for response in behaviour(requests, context):
                     yield response
 
         return handle

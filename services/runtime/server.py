@@ -68,7 +68,11 @@ class ServiceServer:
         keys = KeyStore.from_sources(settings.api_keys, settings.api_keys_file)
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         self.server = grpc.aio.server(
-            interceptors=[ServingInterceptor(keys, limiter, self.runtime.metrics)],
+            interceptors=[
+                ServingInterceptor(
+                    keys, limiter, self.runtime.metrics, open_probes=settings.open_probes
+                )
+            ],
             options=server_options(settings),
         )
         self.health = health.aio.HealthServicer()
