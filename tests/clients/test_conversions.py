@@ -192,6 +192,16 @@ def test_rich_status_details_are_decoded() -> None:
         FakeRpcError(grpc.StatusCode.DATA_LOSS, "", (("grpc-status-details-bin", b"\xff"),))
     )
     assert broken.code is grpc.StatusCode.DATA_LOSS  # a bad trailer never hides the error
+    # Envoy resetting a stream whose replica died reads as UNAVAILABLE; the server's own
+    # INTERNAL errors (with a request id) stay INTERNAL.
+    reset = "Received RST_STREAM with error code 2"
+    assert from_rpc_error(FakeRpcError(grpc.StatusCode.INTERNAL, reset, ())).code is (
+        grpc.StatusCode.UNAVAILABLE
+    )
+    own = from_rpc_error(
+        FakeRpcError(grpc.StatusCode.INTERNAL, reset, (("x-request-id", "req-2"),))
+    )
+    assert own.code is grpc.StatusCode.INTERNAL
 
 
 def test_retry_decision() -> None:

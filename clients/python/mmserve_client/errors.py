@@ -203,6 +203,11 @@ def from_rpc_error(error: grpc.RpcError, job_id: str = "") -> MMServeError:
     message = (error.details() if hasattr(error, "details") else "") or ""
     trailing = (error.trailing_metadata() if hasattr(error, "trailing_metadata") else None) or ()
     details = _details(trailing)
+    if code is grpc.StatusCode.INTERNAL and not details["request_id"] and "RST_STREAM" in message:
+        # A proxy (Envoy) reset the stream because the replica behind it died after the call's
+        # headers went out: a transport failure, not a server error (which always carries a
+        # request id), so it reads as UNAVAILABLE, like the same failure without a proxy.
+        code = grpc.StatusCode.UNAVAILABLE
     cls = error_class(code)
     return cls(
         message or code.name.lower().replace("_", " "),
