@@ -23,13 +23,16 @@ $(STAMP): $(INSTALL_INPUTS)
 	$(MAKE) install-system install-python install-node protos install-editable
 	mkdir -p .cache && touch $@
 
-install-system: ## Debian packages: Go toolchain and Debian's Go gRPC sources (for Go stubs)
+install-system: ## Debian packages: Go toolchain and Go gRPC sources (Go stubs), Chromium, openssl
 	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/google.golang.org/grpc ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    golang-go protobuf-compiler protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev >/dev/null; \
 	fi
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+	@if ! command -v openssl >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
 	fi
 
 install-python: ## virtualenv with the CPU torch build and the project in editable mode

@@ -5,7 +5,6 @@ requests answered) after each RPC's batch."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -145,10 +144,6 @@ def test_hostile_audio(slot: Slot, fleet: dict[str, Served]) -> None:
     assert_clean(problems + still_serving(served, f"hostile audio to {slot}"))
 
 
-SLOW = os.environ.get("MMSERVE_INPUTS_SLOW") == "1"
-
-
-@pytest.mark.skipif(not SLOW, reason="~20 s of Whisper; set MMSERVE_INPUTS_SLOW=1 (soak)")
 @pytest.mark.servers("omni")
 def test_non_speech_audio_does_not_hold_the_device(omni: Served) -> None:
     clip = media_pb2.Audio(data=sound_file(sine(3.5, 16000), 16000, "WAV", "PCM_16"))
