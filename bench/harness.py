@@ -168,7 +168,7 @@ def make_plan(options: Options) -> Plan:
             "edge": (1, 8),
         }
         sizes = {
-            "vision_images": {1: 4, 4: 8, 16: 32},
+            "vision_images": {1: 12, 4: 24, 16: 64},
             "vision_image_size": (640, 480),
             "t2i_steps": 8,
             "t2i_size": 256,

@@ -27,6 +27,9 @@ LITSERVE = "litserve"
 PATH_ORDER = (IN_PROCESS, SERVED, ENVOY, LITSERVE)
 # Capabilities whose in-process baseline runs N jobs one after the other at N clients (its
 # throughput does not depend on N): vision batches instead.
+# The vl cells that measure serving's share of time to first token on the tiny model, whose
+# prefill takes milliseconds (the CPU-size model's varies by +-100 ms from run to run).
+TTFT_PROBE = "TTFT probe, tiny model"
 SEQUENTIAL_IN_PROCESS = frozenset({"t2i", "vl", "omni"})
 
 NAN = float("nan")
@@ -163,9 +166,9 @@ def ratio_rows(cells: Sequence[Cell]) -> list[Ratio]:
         if cell.path == IN_PROCESS:
             continue
         rate = cell.figures.get("throughput", NAN)
-        base = find(cells, cell.capability, IN_PROCESS, cell.concurrency)
+        base = _baseline(cells, cell, cell.concurrency)
         if base is None and cell.capability in SEQUENTIAL_IN_PROCESS:
-            base = find(cells, cell.capability, IN_PROCESS, 1)
+            base = _baseline(cells, cell, 1)
         base_rate = base.figures.get("throughput", NAN) if base else NAN
         lit = find(cells, cell.capability, LITSERVE, cell.concurrency)
         lit_rate = lit.figures.get("throughput", NAN) if lit and cell.path != LITSERVE else NAN
@@ -189,13 +192,20 @@ def ratio_rows(cells: Sequence[Cell]) -> list[Ratio]:
     return rows
 
 
+def _baseline(cells: Sequence[Cell], cell: Cell, concurrency: int) -> Cell | None:
+    """The in-process cell of the same variant (a probe with its own model has its own), else
+    the capability's plain one."""
+    same = find(cells, cell.capability, IN_PROCESS, concurrency, cell.variant)
+    return same or find(cells, cell.capability, IN_PROCESS, concurrency, "")
+
+
 def _divide(a: float, b: float) -> float:
     if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
         return NAN
     return a / b
 
 
-# --- goals (issue 12) -----------------------------------------------------------------------
+# --- goals (issues 4, 6, 12) ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -250,7 +260,7 @@ def vision_goal_clients(cells: Sequence[Cell]) -> int:
 
 
 def goal_specs(vision_clients: int = 16) -> list[GoalSpec]:
-    """The goals of issue 12, as figures of the cells the runner measures."""
+    """The goals of issues 4, 6 and 12, as figures of the cells the runner measures."""
     n = vision_clients
     return [
         GoalSpec(
@@ -276,6 +286,30 @@ def goal_specs(vision_clients: int = 16) -> list[GoalSpec]:
             "ratio",
             1.0,
             at_most=False,
+        ),
+        GoalSpec(
+            "vision: served 1 client / in-process batch 1",
+            Figure("vision", SERVED, 1, "throughput"),
+            Figure("vision", IN_PROCESS, 1, "throughput"),
+            "ratio",
+            0.95,
+            at_most=False,
+        ),
+        GoalSpec(
+            "vision: served adds to one single-image call, p50 ms (1 client)",
+            Figure("vision", SERVED, 1, "p50_ms"),
+            Figure("vision", IN_PROCESS, 1, "p50_ms"),
+            "difference",
+            1.0,
+            at_most=True,
+        ),
+        GoalSpec(
+            f"vl: served adds to time to first token, p50 ms ({TTFT_PROBE})",
+            Figure("vl", SERVED, 1, "ttft_ms", TTFT_PROBE),
+            Figure("vl", IN_PROCESS, 1, "ttft_ms", TTFT_PROBE),
+            "difference",
+            5.0,
+            at_most=True,
         ),
         GoalSpec(
             "vl: served / in-process decode tokens/s (1 client)",

@@ -43,10 +43,12 @@ from bench.harness import (
     measure_rounds,
     start_served,
 )
-from bench.stats import ENVOY, IN_PROCESS, SERVED, Cell, Run, Sample
+from bench.stats import ENVOY, IN_PROCESS, SERVED, TTFT_PROBE, Cell, Run, Sample
 
 PROMPT = "Describe this picture in detail."
 IMAGE_SIDE = 224
+PROBE_REQUESTS = 12  # per run of each TTFT probe cell
+PROBE_TOKENS = 4
 
 
 def chat_request(tokens: int) -> Any:
@@ -144,10 +146,11 @@ async def _child(folder: Path, tokens: int, device: str, dtype_name: str, compil
 class InProcess:
     """Talks to the child: one line "run" per request, one JSON line back."""
 
-    def __init__(self, folder: Path, plan: Plan, log: Path) -> None:
+    def __init__(self, folder: Path, plan: Plan, log: Path, tokens: int | None = None) -> None:
+        tokens = tokens or plan.sizes["vl_tokens"]
         command = [
             sys.executable, "-m", "bench.vl_bench", "--in-process-child", str(folder),
-            str(plan.sizes["vl_tokens"]), plan.device, plan.dtype, str(int(plan.compile)),
+            str(tokens), plan.device, plan.dtype, str(int(plan.compile)),
         ]  # fmt: skip
         self.log = log
         with log.open("wb") as errors:
@@ -280,6 +283,14 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
                 )
         order = {IN_PROCESS: 0, SERVED: 1, ENVOY: 2}
         specs.sort(key=lambda s: (s.cell.concurrency, order[s.cell.path]))
+        log("vl: starting the TTFT probe (tiny model: server and in-process child)")
+        specs += _ttft_probe(plan, loop, closers)
+        notes.append(
+            f"vl: {TTFT_PROBE}: the same request on the tiny Qwen2.5-VL (prefill in milliseconds), "
+            f"{PROBE_REQUESTS} requests of {PROBE_TOKENS} tokens per run, one client, served "
+            "straight to the port: what serving adds to time to first token, which the "
+            "CPU-size model's TTFT (+-100 ms from run to run) hides"
+        )
         cells = measure_rounds(specs, plan.repeats, log)
     finally:
         for close in reversed(closers):
@@ -287,6 +298,30 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
                 close()
         loop.close()
     return cells, notes
+
+
+def _ttft_probe(plan: Plan, loop: Loop, closers: list[Callable[[], None]]) -> list[CellSpec]:
+    """In-process and served cells on the tiny model at one client: the difference of their
+    TTFT is serving's share (decode, hops to the pool and the device thread, the stream)."""
+    from bench.models import vl_model_dir
+
+    folder = vl_model_dir("tiny")
+    args = ["--model", str(folder), *plan.server_flags("vl")]
+    server = start_served("vl", args, envoy=False)
+    closers.append(server.stop)
+    local = InProcess(folder, plan, server.log_dir / "in-process-probe.log", PROBE_TOKENS)
+    closers.append(local.close)
+    client = GrpcClient(server.targets()[SERVED], loop, PROBE_TOKENS)
+    closers.append(client.close)
+    return [
+        CellSpec(
+            Cell("vl", IN_PROCESS, 1, "tok", TTFT_PROBE), lambda: local.measure(PROBE_REQUESTS)
+        ),
+        CellSpec(
+            Cell("vl", SERVED, 1, "tok", TTFT_PROBE),
+            lambda: client.measure(PROBE_REQUESTS, 1),
+        ),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,8 +55,6 @@ from services.runtime.errors import (
 )
 from services.runtime.executor import JobFinished, JobOutput, JobUsage
 
-SERVICE_NAME = "mmserve.omni.v1.OmniService"
-
 _FINISH = {
     FinishReason.STOP: chat_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: chat_pb2.FINISH_REASON_LENGTH,

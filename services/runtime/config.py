@@ -28,6 +28,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from services.runtime.threads import OpenMPWaitPolicy
+
 CONFIG_ENV = "MMSERVE_CONFIG"
 
 
@@ -110,6 +112,24 @@ class ServiceSettings(BaseSettings):
     )
     cpu_workers: int = Field(
         2, ge=1, description="Threads for decode/encode work kept off the device path."
+    )
+    gil_switch_interval_ms: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description=(
+            "How long a Python thread may hold the GIL while another waits for it (Python's "
+            "default is 5 ms). Shorter lets the event loop send a streamed token or accept a "
+            "call while the device thread runs Python code between kernels."
+        ),
+    )
+    openmp_wait_policy: OpenMPWaitPolicy = Field(
+        "inherit",
+        description=(
+            "How torch's idle CPU threads wait: passive sleeps (frees cores for decode and gRPC "
+            "threads), active spins, inherit keeps OMP_WAIT_POLICY from the environment. "
+            "Applied at start, before torch loads; an OMP_WAIT_POLICY in the environment wins."
+        ),
     )
     # --- security ---
     api_keys_file: Path | None = Field(

@@ -25,6 +25,7 @@ from services.runtime.engine import Engine
 from services.runtime.interceptors import ServingInterceptor
 from services.runtime.logs import configure_logging
 from services.runtime.security import KeyStore, RateLimiter
+from services.runtime.threads import apply_gil_switch_interval, apply_openmp_wait_policy
 
 log = logging.getLogger("mmserve.server")
 
@@ -171,4 +172,7 @@ def main(capability: Capability, argv: Sequence[str] | None = None) -> int:
         print(f"{capability.name}: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    threading = apply_openmp_wait_policy(settings.openmp_wait_policy)
+    threading |= apply_gil_switch_interval(settings.gil_switch_interval_ms)
+    log.info(json.dumps({"event": "cpu_threads", **threading}))
     return asyncio.run(serve(capability, settings))

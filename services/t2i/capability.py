@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import grpc
+
+from services.runtime.app import ServiceRuntime
 from services.runtime.config import ServiceSettings
+from services.runtime.engine import Engine
 from services.runtime.server import Capability
 from services.t2i.config import T2ISettings
-from services.t2i.engine import T2IEngine
-from services.t2i.servicer import SERVICE_NAME, add_servicers
+
+SERVICE_NAME = "mmserve.t2i.v1.ImageGenerationService"
 
 
-def create_engine(settings: ServiceSettings) -> T2IEngine:
+def create_engine(settings: ServiceSettings) -> Engine:
+    # Imported here so process-wide settings (threads, OpenMP) apply before torch loads, and
+    # `--help` and config errors do not pay for torch and diffusers.
+    from services.t2i.engine import T2IEngine
+
     if not isinstance(settings, T2ISettings):
         raise TypeError("the t2i engine needs T2ISettings")
     return T2IEngine(settings)
+
+
+def add_servicers(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
+    from services.t2i.servicer import add_servicers as add
+
+    add(server, runtime)
 
 
 CAPABILITY = Capability(

@@ -25,8 +25,6 @@ from services.runtime.media import UriPolicy, load_image
 from services.t2i.engine import GenerationOutput, PreviewFrame, T2IEngine
 from services.t2i.validation import GenerationPlan, GenerationRequest
 
-SERVICE_NAME = "mmserve.t2i.v1.ImageGenerationService"
-
 _OUTPUT_FORMATS = {
     media_pb2.IMAGE_FORMAT_UNSPECIFIED: ("PNG", media_pb2.IMAGE_FORMAT_PNG),
     media_pb2.IMAGE_FORMAT_PNG: ("PNG", media_pb2.IMAGE_FORMAT_PNG),

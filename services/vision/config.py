@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from services.runtime.config import ServiceSettings
+from services.runtime.threads import OpenMPWaitPolicy
 
 
 class VisionSettings(ServiceSettings):
@@ -43,6 +44,15 @@ class VisionSettings(ServiceSettings):
     )
     torch_threads: int = Field(
         0, ge=0, description="Intra-op threads torch uses on CPU; 0 keeps torch's default."
+    )
+    openmp_wait_policy: OpenMPWaitPolicy = Field(
+        "passive",
+        description=(
+            "How torch's idle CPU threads wait (passive, active, inherit). Passive by default "
+            "here: images are decoded and preprocessed on other threads while the model runs, "
+            "and spinning OpenMP threads starve them (bench/RESULTS.md). Applied before torch "
+            "loads; an OMP_WAIT_POLICY in the environment wins."
+        ),
     )
     # --- request limits ---
     max_images_per_request: int = Field(256, ge=1, description="Most images in one request.")

@@ -27,8 +27,6 @@ from services.vl.chat import ChatLimits, ChatOutput, FinishReason, TextDelta
 from services.vl.engine import CHAT_KIND, PreparedChat, VLEngine
 from services.vl.requests import check_request, image_fields, to_chat
 
-SERVICE_NAME = "mmserve.vl.v1.VisionLanguageService"
-
 FINISH_REASONS = {
     FinishReason.STOP: chat_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: chat_pb2.FINISH_REASON_LENGTH,
@@ -55,13 +53,20 @@ class VisionLanguageServicer(JobsServicerMixin, vl_pb2_grpc.VisionLanguageServic
         """Checks, decodes the images (in parallel, CPU pool) and tokenizes (CPU pool)."""
         self.runtime.ensure_ready()
         check_request(request, self.engine.limits())
+        fields = image_fields(request)
+        if len(fields) <= 1:
+            # One hop to the pool, not two: each hop costs the time to first token a wake-up.
+            return await self.runtime.run_cpu(self._decode_and_prepare, request, fields)
         images = await asyncio.gather(
-            *(
-                self.runtime.run_cpu(self._load_image, image, field)
-                for field, image in image_fields(request)
-            )
+            *(self.runtime.run_cpu(self._load_image, image, field) for field, image in fields)
         )
         return await self.runtime.run_cpu(self.engine.prepare, to_chat(request, images))
+
+    def _decode_and_prepare(
+        self, request: vl_pb2.ChatRequest, fields: list[tuple[str, media_pb2.Image]]
+    ) -> PreparedChat:
+        images = [self._load_image(image, field) for field, image in fields]
+        return self.engine.prepare(to_chat(request, images))
 
     def _load_image(self, image: media_pb2.Image, field: str) -> Image.Image:
         return load_image(image, field=field, policy=self._uri_policy, limits=self._image_limits)

@@ -14,6 +14,7 @@ from bench.stats import (
     IN_PROCESS,
     LITSERVE,
     SERVED,
+    TTFT_PROBE,
     Cell,
     Run,
     Sample,
@@ -145,12 +146,32 @@ def test_goals() -> None:
     assert by_name["vl: served / in-process decode tokens/s (1 client)"].met is True
     edge = [g for g in by_name.values() if g.name.startswith("edge")]
     assert edge[0].met is None
-    assert len(by_name) == 5
+    assert len(by_name) == 8
     assert "not measured" in goals_table(list(by_name.values()))
     # A quick run measured vision at 4 clients at most: the goal is evaluated there.
     quick = [cell("vision", IN_PROCESS, 4, 10.0), cell("vision", SERVED, 4, 11.0)]
     names = [g.name for g in evaluate_goals(quick) if g.met is not None]
     assert names == ["vision: served 4 clients / in-process batched (4)"]
+
+
+def test_probe_goals_compare_cells_of_the_same_variant() -> None:
+    cells = [
+        cell("vl", IN_PROCESS, 1, 5.0, extra={"ttft_ms": 900.0}),
+        cell("vl", SERVED, 1, 5.0, "StreamChat", extra={"ttft_ms": 800.0}),
+        cell("vl", IN_PROCESS, 1, 50.0, TTFT_PROBE, extra={"ttft_ms": 20.0}),
+        cell("vl", SERVED, 1, 40.0, TTFT_PROBE, extra={"ttft_ms": 23.5}),
+        cell("vision", IN_PROCESS, 1, 5.0),
+        cell("vision", SERVED, 1, 4.9),
+    ]
+    by_name = {g.name: g for g in evaluate_goals(cells)}
+    ttft = by_name[f"vl: served adds to time to first token, p50 ms ({TTFT_PROBE})"]
+    assert ttft.value == pytest.approx(3.5)
+    assert ttft.met is True
+    assert by_name["vision: served 1 client / in-process batch 1"].value == pytest.approx(0.98)
+    # The probe's served cell is compared with the probe's in-process cell, not the main one.
+    rows = {(r.variant, r.path): r for r in ratio_rows(cells)}
+    assert rows[TTFT_PROBE, SERVED].throughput_ratio == pytest.approx(0.8)
+    assert rows["StreamChat", SERVED].throughput_ratio == pytest.approx(1.0)
 
 
 def test_json_round_trip_and_no_nan() -> None:

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
-from services.t2i.servicer import SERVICE_NAME
+from services.t2i.capability import SERVICE_NAME
 from tests.support.servers import start_process, wait_for_health
 from tests.t2i.helpers import params
 
