@@ -69,3 +69,11 @@ class VisionSettings(ServiceSettings):
     default_pooling: Literal["cls", "mean"] = Field(
         "cls", description="DINO pooling when a request leaves it unspecified."
     )
+    # --- preprocessing ---
+    exact_fast_preprocessing: bool = Field(
+        True,
+        description=(
+            "Use the engine's reimplementation of the image processor when it verifies equal to "
+            "the processor at load; false always runs the processor."
+        ),
+    )

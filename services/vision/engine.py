@@ -39,6 +39,7 @@ from services.vision.inputs import (
     TextPreparer,
     prepare_images,
 )
+from services.vision.pixels import PixelTransform, choose_preprocessor
 
 log = logging.getLogger("mmserve.vision")
 
@@ -57,6 +58,8 @@ class VisionEngine(Engine):
         self.folder: Path | None = None
         self.options: TorchOptions | None = None
         self.image_processor: Any = None
+        # What prepare_images runs: the verified PixelTransform or the image processor itself.
+        self.preprocessor: PixelTransform | Any = None
         self.tokenizer: Any = None
         self._prepare_text: TextPreparer | None = None
         self._pad: Padder | None = None
@@ -89,6 +92,9 @@ class VisionEngine(Engine):
         model.eval().to(self.options.device)
         self.family = describe(found.model_type, model)
         self.image_processor = loading.load_image_processor(self.folder)
+        self.preprocessor = choose_preprocessor(
+            self.image_processor, self.settings.exact_fast_preprocessing
+        )
         self.image_size = loading.image_side(self.image_processor)
         if self.family.supports_text:
             self._load_text_side(model)
@@ -204,7 +210,7 @@ class VisionEngine(Engine):
     # --- CPU side (thread pool) --------------------------------------------------------------
 
     def prepare_images(self, images: Sequence[Image.Image]) -> ImageInputs:
-        return prepare_images(self.image_processor, images)
+        return prepare_images(self.preprocessor, images)
 
     def prepare_texts(self, texts: Sequence[str]) -> TextInputs:
         if self._prepare_text is None:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from services.vision.pixels import PixelTransform, run_processor
+
 Pooling = Literal["cls", "mean"]
 
 
@@ -50,11 +52,14 @@ class ImageJob:
     pooling: Pooling
 
 
-def prepare_images(processor: Any, images: Sequence[Image.Image]) -> ImageInputs:
-    """Runs the model's image processor (resize, crop, normalize) on decoded RGB images."""
-    batch = processor(images=list(images), return_tensors="pt")
-    tensors = {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
-    return ImageInputs(tensors, len(images))
+def prepare_images(
+    preprocessor: PixelTransform | Any, images: Sequence[Image.Image]
+) -> ImageInputs:
+    """Resizes, crops and normalizes decoded RGB images with the engine's verified
+    `PixelTransform` or, when it has none, the model's image processor."""
+    if isinstance(preprocessor, PixelTransform):
+        return ImageInputs(preprocessor(images), len(images))
+    return ImageInputs(run_processor(preprocessor, images), len(images))
 
 
 class TextPreparer:
