@@ -23,6 +23,7 @@ from services.runtime.config import ServiceSettings
 from services.runtime.engine import Engine
 from services.runtime.executor import (
     ExecutorConfig,
+    ExpectedJob,
     JobContext,
     JobEvent,
     JobFailed,
@@ -133,6 +134,12 @@ class ServiceRuntime:
         log.info("model ready in %.2fs: %s", self.load_seconds, info)
 
     # --- work ---
+    def expect_job(self, kind: str, batch_key: Hashable = None) -> ExpectedJob:
+        """Announces a batchable job whose inputs are about to be prepared on the CPU pool, so
+        the batch that starts meanwhile waits for it (up to the kind's max_arrival_wait_ms).
+        Pass the handle to run_job, or close it if preparing fails."""
+        return self.executor.expect(kind, batch_key)
+
     async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
 
@@ -143,19 +150,25 @@ class ServiceRuntime:
         fn: Callable[[JobContext], Any] | None,
         batch_input: Any,
         batch_key: Hashable,
+        expected: ExpectedJob | None = None,
     ) -> JobHandle:
-        self.ensure_ready()
-        remaining = context.time_remaining() if context is not None else None
-        deadline = None if remaining is None else time.monotonic() + remaining
-        call = current_call()
-        handle = self.executor.submit(
-            kind,
-            fn,
-            batch_input=batch_input,
-            batch_key=batch_key,
-            deadline=deadline,
-            owner=call.key_id if call is not None else "",
-        )
+        try:
+            self.ensure_ready()
+            remaining = context.time_remaining() if context is not None else None
+            deadline = None if remaining is None else time.monotonic() + remaining
+            call = current_call()
+            handle = self.executor.submit(
+                kind,
+                fn,
+                batch_input=batch_input,
+                batch_key=batch_key,
+                deadline=deadline,
+                owner=call.key_id if call is not None else "",
+            )
+        finally:
+            # Queued now (or refused): either way a batch must stop waiting for it.
+            if expected is not None:
+                expected.close()
         if call is not None and not call.job_id:
             call.job_id = handle.job_id
         return handle
@@ -185,10 +198,12 @@ class ServiceRuntime:
         *,
         batch_input: Any = None,
         batch_key: Hashable = None,
+        expected: ExpectedJob | None = None,
     ) -> tuple[T, JobUsage]:
         """Runs one job for a unary call; the job id goes out in the response headers at once
-        (the first job's, when a call runs several)."""
-        handle = self._submit(context, kind, fn, batch_input, batch_key)
+        (the first job's, when a call runs several). `expected`: the announcement of this job
+        (`expect_job`), withdrawn once it is queued."""
+        handle = self._submit(context, kind, fn, batch_input, batch_key, expected)
         try:
             await self._announce(context, handle)
             result = await handle.result()

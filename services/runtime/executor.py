@@ -276,16 +276,32 @@ class ExecutorConfig:
 @dataclass(frozen=True)
 class BatchSpec:
     """How a batchable kind is coalesced: at most `max_batch_size` jobs per call, and the oldest
-    job waits at most `max_wait_ms` (counted from its submission) for companions."""
+    job waits at most `max_wait_ms` (counted from its submission) for companions. While jobs
+    of the kind are expected (`SingleFlightExecutor.expect`: their inputs are being prepared),
+    a batch about to start waits up to `max_arrival_wait_ms` more for them."""
 
     max_batch_size: int
     max_wait_ms: float
+    max_arrival_wait_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
-        if self.max_wait_ms < 0:
-            raise ValueError("max_wait_ms must be >= 0")
+        if self.max_wait_ms < 0 or self.max_arrival_wait_ms < 0:
+            raise ValueError("max_wait_ms and max_arrival_wait_ms must be >= 0")
+
+
+class ExpectedJob:
+    """A batchable job announced before its inputs are ready. `close()` (idempotent) withdraws
+    the announcement: call it right after submitting the job, or when preparing it failed."""
+
+    def __init__(self, on_close: Callable[[], None] | None) -> None:
+        self._on_close = on_close
+
+    def close(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
 
 class ExecutorObserver(Protocol):
@@ -692,6 +708,8 @@ class SingleFlightExecutor:
             str, tuple[Callable[[list[Any], list[JobContext]], list[Any]], BatchSpec]
         ] = {}
         self._max_batch: dict[str, int] = {}
+        # Announced batchable jobs not yet submitted, per (kind, batch key).
+        self._expected: collections.Counter[tuple[str, Hashable]] = collections.Counter()
         self._running: list[_Job] = []
         self._device_kind: str | None = None  # set while the device thread is busy
         self._device_since = 0.0
@@ -757,6 +775,25 @@ class SingleFlightExecutor:
         `fn(inputs, contexts) -> outputs` (same length; an Exception element fails its job)."""
         self._batches[kind] = (fn, spec)
         self._max_batch[kind] = spec.max_batch_size
+
+    def expect(self, kind: str, batch_key: Hashable = None) -> ExpectedJob:
+        """Announces a job of batchable `kind` whose inputs are being prepared (decoded,
+        preprocessed), so a batch of that kind about to start waits for it (up to the kind's
+        max_arrival_wait_ms) instead of leaving it for the next, smaller batch. Call it on the
+        loop thread; close the returned handle once the job is submitted or will not be."""
+        spec = self._batches.get(kind)
+        if spec is None or spec[1].max_arrival_wait_ms <= 0:
+            return ExpectedJob(None)
+        key = (kind, batch_key)
+        self._expected[key] += 1
+
+        def arrived() -> None:
+            self._expected[key] -= 1
+            if self._expected[key] <= 0:
+                del self._expected[key]
+            self._wake.set()
+
+        return ExpectedJob(arrived)
 
     @property
     def queue_depth(self) -> int:
@@ -867,7 +904,8 @@ class SingleFlightExecutor:
 
     async def _next_jobs(self) -> list[_Job]:
         """Waits for the head of the queue; for a batchable head, also waits (up to its
-        max_wait_ms from submission) for companions with the same kind and batch key."""
+        max_wait_ms from submission) for companions with the same kind and batch key, and
+        (up to max_arrival_wait_ms from now) for announced ones still being prepared."""
         while not self._closed:
             if not self._queue:
                 self._wake.clear()
@@ -878,6 +916,7 @@ class SingleFlightExecutor:
                 return [head]
             _, spec = self._batches[head.kind]
             wait_until = head.create_mono + spec.max_wait_ms / 1000.0
+            arrivals_until = time.monotonic() + spec.max_arrival_wait_ms / 1000.0
             while head.state is JobState.QUEUED and not self._closed:
                 limit = self.effective_max_batch(head.kind)
                 mates = [
@@ -885,7 +924,10 @@ class SingleFlightExecutor:
                     for job in self._queue
                     if job.batchable and job.kind == head.kind and job.batch_key == head.batch_key
                 ]
-                remaining = wait_until - time.monotonic()
+                until = wait_until
+                if self._expected[(head.kind, head.batch_key)] > 0:
+                    until = max(until, arrivals_until)
+                remaining = until - time.monotonic()
                 if len(mates) >= limit or remaining <= 0:
                     return mates[:limit]
                 self._wake.clear()

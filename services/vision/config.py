@@ -34,6 +34,15 @@ class VisionSettings(ServiceSettings):
             "while the device was busy, so a lone client pays no wait."
         ),
     )
+    max_arrival_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "When the device is free and other requests' images are still being decoded, how "
+            "long the next batch may wait for them, so a burst shares one forward pass instead "
+            "of the first image running alone. A lone client never waits; 0 turns it off."
+        ),
+    )
     max_device_batch: int = Field(
         64,
         ge=1,

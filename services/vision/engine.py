@@ -198,10 +198,12 @@ class VisionEngine(Engine):
         )
 
     def batch_operations(self) -> dict[str, BatchOperation]:
-        spec = BatchSpec(self.settings.max_batch_size, self.settings.max_batch_wait_ms)
-        operations = {EMBED_IMAGES: BatchOperation(self.embed_images_batch, spec)}
+        s = self.settings
+        images = BatchSpec(s.max_batch_size, s.max_batch_wait_ms, s.max_arrival_wait_ms)
+        operations = {EMBED_IMAGES: BatchOperation(self.embed_images_batch, images)}
         if self.supports_text:
-            operations[EMBED_TEXTS] = BatchOperation(self.embed_texts_batch, spec)
+            texts = BatchSpec(s.max_batch_size, s.max_batch_wait_ms)
+            operations[EMBED_TEXTS] = BatchOperation(self.embed_texts_batch, texts)
         return operations
 
     def memory_bytes(self) -> int | None:

@@ -18,7 +18,7 @@ from mmserve.common.v1 import job_pb2, media_pb2
 from mmserve.vision.v1 import vision_pb2, vision_pb2_grpc
 from services.runtime import job_protos
 from services.runtime.app import JobsServicerMixin, ServiceRuntime
-from services.runtime.executor import JobUsage
+from services.runtime.executor import ExpectedJob, JobUsage
 from services.runtime.images import ImageLimits
 from services.runtime.media import UriPolicy, load_image
 from services.vision import scoring, validation
@@ -253,21 +253,32 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         k while the CPU pool prepares part k+1."""
         step = max(1, self.engine.device_batch)
         parts = [images[i : i + step] for i in range(0, len(images), step)]
+        # Announced before decoding starts, so a batch the device starts meanwhile waits for
+        # these images instead of leaving them to a later, smaller batch.
+        expected = [self.runtime.expect_job(EMBED_IMAGES) for _ in parts]
         prepared = [
             asyncio.ensure_future(self.runtime.run_cpu(self._prepare_images, p)) for p in parts
         ]
 
-        async def run(part: asyncio.Future[ImageInputs]) -> np.ndarray:
-            job = ImageJob(await part, pooling)
-            vectors, job_usage = await self.runtime.run_job(context, EMBED_IMAGES, batch_input=job)
+        async def run(part: asyncio.Future[ImageInputs], announced: ExpectedJob) -> np.ndarray:
+            try:
+                job = ImageJob(await part, pooling)
+            except BaseException:
+                announced.close()
+                raise
+            vectors, job_usage = await self.runtime.run_job(
+                context, EMBED_IMAGES, batch_input=job, expected=announced
+            )
             usage.add(job_usage)
             return vectors
 
         try:
-            results = await _all(*(run(part) for part in prepared))
+            results = await _all(*(run(p, e) for p, e in zip(prepared, expected, strict=True)))
         finally:
             for part in prepared:  # a failed part leaves the others' preprocessing unawaited
                 part.cancel()
+            for announced in expected:
+                announced.close()
             await asyncio.gather(*prepared, return_exceptions=True)
         return results[0] if len(results) == 1 else np.concatenate(results)
 

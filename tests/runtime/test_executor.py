@@ -625,6 +625,63 @@ async def test_batch_head_waits_for_companions_up_to_max_wait(make: Factory) -> 
     assert await asyncio.wait_for(lone.result(), WAIT) == "solo"
 
 
+async def test_batch_waits_for_announced_jobs_but_not_longer(make: Factory) -> None:
+    executor = await make()
+    calls: list[list[str]] = []
+
+    def batch_fn(inputs: list[Any], contexts: list[JobContext]) -> list[Any]:
+        calls.append(list(inputs))
+        return list(inputs)
+
+    spec = BatchSpec(max_batch_size=8, max_wait_ms=0, max_arrival_wait_ms=2_000)
+    executor.register_batch("embed", batch_fn, spec)
+    # Nothing announced: a lone job runs at once (max_wait_ms is 0).
+    assert await asyncio.wait_for(executor.submit("embed", batch_input="solo").result(), 1.0)
+    # Announced while the first is queued: the batch waits for them and takes all three.
+    announced = [executor.expect("embed") for _ in range(2)]
+    first = executor.submit("embed", batch_input="x1")
+    await asyncio.sleep(0.1)
+    assert not first.done()
+    later = []
+    for name, announcement in zip(("x2", "x3"), announced, strict=True):
+        later.append(executor.submit("embed", batch_input=name))
+        announcement.close()
+    assert await asyncio.wait_for(
+        asyncio.gather(first.result(), *(h.result() for h in later)), WAIT
+    )
+    assert calls == [["solo"], ["x1", "x2", "x3"]]
+    # Announcements withdrawn without a job (their decode failed) release the wait at once.
+    gone = [executor.expect("embed") for _ in range(2)]
+    fifth = executor.submit("embed", batch_input="x5")
+    await asyncio.sleep(0.05)
+    assert not fifth.done()
+    started = time.monotonic()
+    for announcement in gone:
+        announcement.close()
+        announcement.close()  # idempotent
+    assert await asyncio.wait_for(fifth.result(), 1.0) == "x5"
+    assert time.monotonic() - started < 1.0
+
+
+async def test_arrival_wait_is_bounded(make: Factory) -> None:
+    executor = await make()
+    spec = BatchSpec(max_batch_size=8, max_wait_ms=0, max_arrival_wait_ms=300)
+    executor.register_batch("embed", lambda inputs, contexts: list(inputs), spec)
+    never = [executor.expect("embed") for _ in range(2)]
+    started = time.monotonic()
+    assert await asyncio.wait_for(executor.submit("embed", batch_input=1).result(), WAIT) == 1
+    assert 0.25 < time.monotonic() - started < WAIT
+    for announcement in never:
+        announcement.close()
+    # Kinds without an arrival wait ignore announcements.
+    executor.register_batch("plain", lambda inputs, contexts: list(inputs), BatchSpec(8, 0))
+    executor.expect("plain")
+    executor.expect("plain")
+    started = time.monotonic()
+    assert await asyncio.wait_for(executor.submit("plain", batch_input=2).result(), WAIT) == 2
+    assert time.monotonic() - started < 0.25
+
+
 async def test_full_batch_does_not_wait(make: Factory) -> None:
     executor = await make()
     executor.register_batch(

@@ -123,3 +123,18 @@ async def test_out_of_memory_halves_the_pass_and_carries_on(reference) -> None:
         np.testing.assert_allclose(
             vectors(reply.embeddings), reference.images(images[:1]), atol=ATOL
         )
+
+
+async def test_a_batch_waits_for_images_still_being_decoded() -> None:
+    """With max_arrival_wait_ms, the device does not start a batch with the first decoded image
+    of a burst while the others are still being decoded: all four share one forward pass."""
+    argv = ["--max-batch-wait-ms", "0", "--max-arrival-wait-ms", "5000"]
+    burst = [noise_image(300 + seed, (800, 600)) for seed in range(4)]
+    async with served("tiny:clip", *argv) as srv:
+
+        async def embed(image):
+            request = vision_pb2.EmbedImagesRequest(images=[image_pb(image)])
+            return await srv.stub.EmbedImages(request, timeout=60)
+
+        replies = await asyncio.gather(*(embed(image) for image in burst))
+    assert [reply.usage.batch_size for reply in replies] == [4, 4, 4, 4]
