@@ -79,6 +79,14 @@ class VisionSettings(ServiceSettings):
         "cls", description="DINO pooling when a request leaves it unspecified."
     )
     # --- preprocessing ---
+    preprocess_in_batch: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Where decoded images are resized and normalized: on = on every core just before "
+            "the batch's forward pass, off = in the CPU pool beside the running batch; auto = "
+            "on for a CPU device (the model already uses every core), off for accelerators."
+        ),
+    )
     exact_fast_preprocessing: bool = Field(
         True,
         description=(

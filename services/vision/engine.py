@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,9 @@ class VisionEngine(Engine):
         self.image_processor: Any = None
         # What prepare_images runs: the verified PixelTransform or the image processor itself.
         self.preprocessor: PixelTransform | Any = None
+        # Set when images are preprocessed in the batch, on the device thread's behalf.
+        self._batch_pool: ThreadPoolExecutor | None = None
+        self._batch_workers = 1
         self.tokenizer: Any = None
         self._prepare_text: TextPreparer | None = None
         self._pad: Padder | None = None
@@ -96,6 +100,11 @@ class VisionEngine(Engine):
             self.image_processor, self.settings.exact_fast_preprocessing
         )
         self.image_size = loading.image_side(self.image_processor)
+        if _preprocess_in_batch(self.settings.preprocess_in_batch, self.options.device.type):
+            self._batch_workers = max(1, torch.get_num_threads())
+            self._batch_pool = ThreadPoolExecutor(
+                self._batch_workers, thread_name_prefix="preprocess"
+            )
         if self.family.supports_text:
             self._load_text_side(model)
         self.model = self._compile(model)
@@ -170,6 +179,8 @@ class VisionEngine(Engine):
 
     def close(self) -> None:
         self.model = None
+        if self._batch_pool is not None:
+            self._batch_pool.shutdown(wait=False, cancel_futures=True)
 
     # --- facts -----------------------------------------------------------------------------
 
@@ -212,6 +223,8 @@ class VisionEngine(Engine):
     # --- CPU side (thread pool) --------------------------------------------------------------
 
     def prepare_images(self, images: Sequence[Image.Image]) -> ImageInputs:
+        if self._batch_pool is not None:
+            return ImageInputs({}, len(images), tuple(images))
         return prepare_images(self.preprocessor, images)
 
     def prepare_texts(self, texts: Sequence[str]) -> TextInputs:
@@ -232,6 +245,7 @@ class VisionEngine(Engine):
         self, jobs: list[ImageJob], contexts: list[JobContext]
     ) -> list[np.ndarray | Exception]:
         """One micro-batch of image jobs -> one float32 (count, dim) array per job."""
+        jobs = self._preprocess_deferred(jobs)
         keys = jobs[0].inputs.tensors.keys()
         merged = {key: _concat([job.inputs.tensors[key] for job in jobs]) for key in keys}
         poolings = [job.pooling for job in jobs for _ in range(job.inputs.count)]
@@ -241,6 +255,31 @@ class VisionEngine(Engine):
             return self._image_features({k: v[rows] for k, v in merged.items()}, chosen)
 
         return self._run_items([job.inputs.count for job in jobs], contexts, forward)
+
+    def _preprocess_deferred(self, jobs: list[ImageJob]) -> list[ImageJob]:
+        """Preprocesses the batch's deferred images on every core at once, before the forward
+        pass and not beside it: on a CPU the model's threads already use every core, and
+        preprocessing next to them slows each of its parallel operators to the pace of the
+        thread that shares a core (bench/RESULTS.md)."""
+        if self._batch_pool is None or not any(job.inputs.deferred for job in jobs):
+            return jobs
+        images = [image for job in jobs for image in job.inputs.deferred]
+        step = -(-len(images) // self._batch_workers)
+        chunks = [images[i : i + step] for i in range(0, len(images), step)]
+        parts = list(self._batch_pool.map(self._prepare_now, chunks))
+        keys = parts[0].keys()
+        merged = {key: _concat([part[key] for part in parts]) for key in keys}
+        done: list[ImageJob] = []
+        start = 0
+        for job in jobs:
+            count = job.inputs.count
+            tensors = {key: value[start : start + count] for key, value in merged.items()}
+            done.append(ImageJob(ImageInputs(tensors, count), job.pooling))
+            start += count
+        return done
+
+    def _prepare_now(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        return prepare_images(self.preprocessor, images).tensors
 
     def embed_texts_batch(
         self, jobs: list[TextInputs], contexts: list[JobContext]
@@ -345,6 +384,12 @@ class VisionEngine(Engine):
         if value.is_floating_point():
             return value.to(self.options.device, self.options.dtype)
         return value.to(self.options.device)
+
+
+def _preprocess_in_batch(choice: str, device_type: str) -> bool:
+    """auto: in the batch on a CPU (the model and preprocessing share its cores), beside the
+    forward pass on an accelerator (the CPU is free while the device computes)."""
+    return choice == "on" or (choice == "auto" and device_type == "cpu")
 
 
 def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -22,10 +22,13 @@ Pooling = Literal["cls", "mean"]
 @dataclass(frozen=True)
 class ImageInputs:
     """What the image processor made of N images: tensors with a leading batch dimension
-    (pixel_values, plus pixel_attention_mask and spatial_shapes for SigLIP2)."""
+    (pixel_values, plus pixel_attention_mask and spatial_shapes for SigLIP2). When the engine
+    preprocesses in the batch (CPU devices), `tensors` stays empty until then and `deferred`
+    holds the decoded images."""
 
     tensors: dict[str, torch.Tensor]
     count: int
+    deferred: tuple[Image.Image, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ from transformers import BatchFeature, CLIPImageProcessorPil
 from transformers.image_transforms import center_crop
 
 from services.runtime.config import load_settings
+from services.runtime.executor import JobContext
 from services.vision import pixels
 from services.vision.config import VisionSettings
 from services.vision.engine import VisionEngine
-from services.vision.inputs import prepare_images
+from services.vision.inputs import ImageJob, prepare_images
 from services.vision.loading import load_image_processor
 from services.vision.pixels import (
     TOLERANCE,
@@ -196,7 +197,8 @@ def test_engine_uses_the_transform_only_when_enabled(
     enabled: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     flag = "--exact-fast-preprocessing" if enabled else "--no-exact-fast-preprocessing"
-    engine = VisionEngine(load_settings(VisionSettings, ["--model", "tiny:clip", flag]))
+    argv = ["--model", "tiny:clip", flag, "--preprocess-in-batch", "off"]
+    engine = VisionEngine(load_settings(VisionSettings, argv))
     with caplog.at_level(logging.INFO, logger="mmserve.vision"):
         engine.load()
     assert isinstance(engine.preprocessor, PixelTransform) is enabled
@@ -207,3 +209,27 @@ def test_engine_uses_the_transform_only_when_enabled(
     expected = processor_pixels("clip", images)
     got = engine.prepare_images(images).tensors["pixel_values"]
     assert max_difference(expected, got) <= TOLERANCE
+
+
+def test_preprocessing_in_the_batch_gives_the_same_inputs_and_embeddings() -> None:
+    """CPU devices defer resize and normalize to the batch (every core, before the forward
+    pass); the tensors and embeddings are those of preprocessing at request time."""
+    engines = {}
+    for mode in ("on", "off"):
+        argv = ["--model", "tiny:clip", "--preprocess-in-batch", mode]
+        engines[mode] = VisionEngine(load_settings(VisionSettings, argv))
+        engines[mode].load()
+    batches = [[noise_image(seed, (50 + 7 * seed, 40)) for seed in range(n)] for n in (1, 4, 2)]
+    deferred = [ImageJob(engines["on"].prepare_images(images), "cls") for images in batches]
+    assert all(job.inputs.deferred and not job.inputs.tensors for job in deferred)
+    ready = [ImageJob(engines["off"].prepare_images(images), "cls") for images in batches]
+    assert all(not job.inputs.deferred for job in ready)
+    for done, expected in zip(engines["on"]._preprocess_deferred(deferred), ready, strict=True):
+        assert done.inputs.count == expected.inputs.count
+        got, want = done.inputs.tensors["pixel_values"], expected.inputs.tensors["pixel_values"]
+        assert max_difference(want, got) == 0.0
+    contexts = [JobContext(f"job{i}", "embed_images") for i in range(len(batches))]
+    on = engines["on"].embed_images_batch(deferred, contexts)
+    off = engines["off"].embed_images_batch(ready, contexts)
+    for a, b in zip(on, off, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
