@@ -46,6 +46,8 @@ log = logging.getLogger("mmserve.vision")
 
 EMBED_IMAGES = "embed_images"
 EMBED_TEXTS = "embed_texts"
+# Largest decoded image left for the batch to preprocess (preprocess_in_batch): 12 MiB of RGB.
+DEFER_MAX_PIXELS = 4 * 1024 * 1024
 _TEXT_CAPABILITIES = ("embed_texts", "classify_zero_shot", "model_logits")
 _IMAGE_CAPABILITIES = ("embed_images", "compute_similarity", "rank")
 
@@ -223,7 +225,10 @@ class VisionEngine(Engine):
     # --- CPU side (thread pool) --------------------------------------------------------------
 
     def prepare_images(self, images: Sequence[Image.Image]) -> ImageInputs:
-        if self._batch_pool is not None:
+        # A queued decoded image costs 3 bytes a pixel until its batch runs; large ones are
+        # preprocessed at once so the queue holds model-sized tensors instead.
+        small = all(image.width * image.height <= DEFER_MAX_PIXELS for image in images)
+        if self._batch_pool is not None and small:
             return ImageInputs({}, len(images), tuple(images))
         return prepare_images(self.preprocessor, images)
 
@@ -272,6 +277,9 @@ class VisionEngine(Engine):
         done: list[ImageJob] = []
         start = 0
         for job in jobs:
+            if not job.inputs.deferred:  # preprocessed at once (a large image)
+                done.append(job)
+                continue
             count = job.inputs.count
             tensors = {key: value[start : start + count] for key, value in merged.items()}
             done.append(ImageJob(ImageInputs(tensors, count), job.pooling))

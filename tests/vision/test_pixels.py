@@ -224,6 +224,14 @@ def test_preprocessing_in_the_batch_gives_the_same_inputs_and_embeddings() -> No
     assert all(job.inputs.deferred and not job.inputs.tensors for job in deferred)
     ready = [ImageJob(engines["off"].prepare_images(images), "cls") for images in batches]
     assert all(not job.inputs.deferred for job in ready)
+    # A large image is preprocessed at once even then (the queue must not hold its pixels),
+    # and a batch mixing it with deferred ones keeps each job's own rows.
+    large = Image.new("RGB", (2049, 2048), (90, 120, 150))
+    at_once = ImageJob(engines["on"].prepare_images([large]), "cls")
+    assert not at_once.inputs.deferred
+    batches.insert(1, [large])
+    deferred.insert(1, at_once)
+    ready.insert(1, ImageJob(engines["off"].prepare_images([large]), "cls"))
     for done, expected in zip(engines["on"]._preprocess_deferred(deferred), ready, strict=True):
         assert done.inputs.count == expected.inputs.count
         got, want = done.inputs.tensors["pixel_values"], expected.inputs.tensors["pixel_values"]
