@@ -261,11 +261,7 @@ class VisionServicer(JobsServicerMixin, vision_pb2_grpc.VisionServiceServicer):
         ]
 
         async def run(part: asyncio.Future[ImageInputs], announced: ExpectedJob) -> np.ndarray:
-            try:
-                job = ImageJob(await part, pooling)
-            except BaseException:
-                announced.close()
-                raise
+            job = ImageJob(await part, pooling)  # a failure here is closed in the finally below
             vectors, job_usage = await self.runtime.run_job(
                 context, EMBED_IMAGES, batch_input=job, expected=announced
             )

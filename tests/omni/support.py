@@ -105,17 +105,6 @@ def violations(error: grpc.aio.AioRpcError) -> list[str]:
     return []
 
 
-def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return info
-    return None
-
-
 class EventLog:
     """Reads a session's event stream in the background; tests wait on it with a timeout."""
 

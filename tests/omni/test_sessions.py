@@ -16,7 +16,6 @@ from tests.omni.support import (
     EventLog,
     is_state,
     push_audio,
-    retry_info,
     silence,
     speech,
     start_omni,
@@ -24,6 +23,7 @@ from tests.omni.support import (
     violations,
     wav,
 )
+from tests.support.rpc import retry_info
 
 LISTENING = omni_pb2.SESSION_STATE_LISTENING
 RESPONDING = omni_pb2.SESSION_STATE_RESPONDING

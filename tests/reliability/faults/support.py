@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from mmserve.common.v1 import job_pb2
 from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
@@ -99,17 +98,6 @@ def metric(text: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             return float(match.group(3))
     return 0.0
-
-
-def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return info
-    return None
 
 
 def proc_rss_mib(pid: int) -> float:

@@ -18,9 +18,9 @@ from tests.reliability.faults.support import (
     metrics_text,
     proc_rss_mib,
     read_until,
-    retry_info,
     t2i_request,
 )
+from tests.support.rpc import retry_info
 from tests.support.servers import health_status, start_process
 
 SERVING = 1

@@ -16,8 +16,8 @@ import pytest
 from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
 from services.runtime.server import ServiceServer
 from tests.reliability.faults.faulty_service import CAPABILITY
-from tests.reliability.faults.support import retry_info
 from tests.reliability.security.conftest import Keys
+from tests.support.rpc import retry_info
 from tests.support.servers import running_server
 
 RATE = 2.0  # tokens per second
