@@ -149,7 +149,7 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
                     lambda: json_client.measure(warm),
                 )
             )
-        cells = measure_rounds(specs, plan.repeats, log)
+        cells = measure_rounds(specs, plan.repeats_for("edge"), log)
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):

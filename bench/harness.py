@@ -81,6 +81,12 @@ class Plan:
     # their jobs one after the other in-process anyway: the ratios at N clients then use the
     # 1-client baseline, see bench.stats.ratio_rows).
     in_process_concurrency: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # Capabilities measured in more rounds than `repeats` (runs of seconds, whose ratios need
+    # more rounds on a shared machine); --repeats overrides every capability.
+    rounds: dict[str, int] = field(default_factory=dict)
+
+    def repeats_for(self, capability: str) -> int:
+        return self.rounds.get(capability, self.repeats)
 
     def in_process_at(self, capability: str, concurrency: int) -> bool:
         return concurrency in self.in_process_concurrency.get(capability, ())
@@ -168,7 +174,7 @@ def make_plan(options: Options) -> Plan:
             "edge": (1, 8),
         }
         sizes = {
-            "vision_images": {1: 12, 4: 24, 16: 64},
+            "vision_images": {1: 24, 4: 32, 16: 128},
             "vision_image_size": (640, 480),
             "t2i_steps": 8,
             "t2i_size": 256,
@@ -177,6 +183,7 @@ def make_plan(options: Options) -> Plan:
             "edge_calls": 300,
         }
         repeats = 3
+    rounds = {"vision": 5, "vl": 5} if profile == "cpu" and not options.repeats else {}
     envoy_concurrency = dict(concurrency)
     in_process_concurrency = dict(concurrency)
     if profile == "cpu":
@@ -196,6 +203,7 @@ def make_plan(options: Options) -> Plan:
         sizes=sizes,
         envoy_concurrency=envoy_concurrency,
         in_process_concurrency=in_process_concurrency,
+        rounds=rounds,
     )
 
 

@@ -196,7 +196,7 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
                 )
         order = {IN_PROCESS: 0, SERVED: 1, ENVOY: 2}
         specs.sort(key=lambda s: (s.cell.concurrency, order[s.cell.path]))
-        cells = measure_rounds(specs, plan.repeats, log)
+        cells = measure_rounds(specs, plan.repeats_for("omni"), log)
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):

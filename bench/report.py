@@ -46,7 +46,9 @@ def markdown(
         f"`{meta.get('command', 'python -m bench.run')}`: profile **{plan.get('profile', '?')}**,"
         f" device {plan.get('device', '?')}, dtype {plan.get('dtype', '?')}, compile "
         f"{'on' if plan.get('compile') else 'off'}, {plan.get('threads', '?')} torch threads per "
-        f"process, {plan.get('repeats', '?')} runs per figure. Software: "
+        f"process, {plan.get('repeats', '?')} runs per figure"
+        + "".join(f" ({cap}: {n})" for cap, n in (plan.get("rounds") or {}).items())
+        + ". Software: "
         + ", ".join(f"{k} {v}" for k, v in meta.get("facts", {}).items() if k != "platform")
         + ".",
         "",

@@ -278,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": asdict(plan),
         "facts": machine_facts(),
     }
-    log(f"{meta['machine']}; plan {plan.profile}, {plan.repeats} runs per figure")
+    more = "".join(f", {cap} {n}" for cap, n in plan.rounds.items())
+    log(f"{meta['machine']}; plan {plan.profile}, {plan.repeats} runs per figure{more}")
     cells, meta["capabilities"], meta["notes"] = run_capabilities(plan, options.capabilities, log)
     meta["elapsed_s"] = round(time.time() - started, 1)
     document = write_outputs(meta, cells, args, log)

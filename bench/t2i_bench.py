@@ -194,7 +194,7 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
         order = {IN_PROCESS: 0, SERVED: 1, ENVOY: 2}
         specs.sort(key=lambda s: (s.cell.concurrency, s.cell.variant.startswith("stream"),
                                   order[s.cell.path]))  # fmt: skip
-        cells = measure_rounds(specs, plan.repeats, log)
+        cells = measure_rounds(specs, plan.repeats_for("t2i"), log)
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):

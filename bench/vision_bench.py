@@ -394,7 +394,7 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
                     lambda images=images, n=n: lit.measure(images, n),
                     lambda: lit.measure(jpegs[: max(levels)], max(levels)),
                 )
-        cells = measure_rounds(_ordered(specs), plan.repeats, log)
+        cells = measure_rounds(_ordered(specs), plan.repeats_for("vision"), log)
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):

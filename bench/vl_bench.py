@@ -291,7 +291,7 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
             "straight to the port: what serving adds to time to first token, which the "
             "CPU-size model's TTFT (+-100 ms from run to run) hides"
         )
-        cells = measure_rounds(specs, plan.repeats, log)
+        cells = measure_rounds(specs, plan.repeats_for("vl"), log)
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):

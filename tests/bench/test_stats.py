@@ -154,6 +154,32 @@ def test_goals() -> None:
     assert names == ["vision: served 4 clients / in-process batched (4)"]
 
 
+def test_goals_pair_the_runs_of_each_round() -> None:
+    """The machine was slow in round 2 for both cells: each round's ratio is 1.05, while the
+    medians of the two cells, taken apart, give 0.9."""
+    base = [20.0, 10.0, 12.0]
+    served = [21.0, 10.5, 12.6]
+    served[1], served[2] = 10.5, 10.8  # round 3's ratio 0.9; rounds 1 and 2: 1.05
+    cells = [
+        Cell("vision", IN_PROCESS, 16, "img", "", [run(r, [10.0]) for r in base]).finish(),
+        Cell("vision", SERVED, 16, "img", "", [run(r, [10.0]) for r in served]).finish(),
+    ]
+    goal = {g.name: g for g in evaluate_goals(cells)}[
+        "vision: served 16 clients / in-process batched (16)"
+    ]
+    assert goal.value == pytest.approx(1.05)
+    assert goal.of_medians == pytest.approx(10.8 / 12.0)
+    assert goal.rounds == 3
+    assert goal.met is True
+    table = goals_table([goal])
+    assert "| 1.050 | 0.900 | 3 |" in table
+    # Cells with different numbers of runs are not paired: the ratio of medians stands.
+    cells[1].runs.pop()
+    cells[1].finish()
+    unpaired = {g.name: g for g in evaluate_goals(cells)}[goal.name]
+    assert unpaired.value == pytest.approx(unpaired.of_medians)
+
+
 def test_probe_goals_compare_cells_of_the_same_variant() -> None:
     cells = [
         cell("vl", IN_PROCESS, 1, 5.0, extra={"ttft_ms": 900.0}),

@@ -665,12 +665,12 @@ async def test_batch_waits_for_announced_jobs_but_not_longer(make: Factory) -> N
 
 async def test_arrival_wait_is_bounded(make: Factory) -> None:
     executor = await make()
-    spec = BatchSpec(max_batch_size=8, max_wait_ms=0, max_arrival_wait_ms=300)
+    spec = BatchSpec(max_batch_size=8, max_wait_ms=0, max_arrival_wait_ms=1000)
     executor.register_batch("embed", lambda inputs, contexts: list(inputs), spec)
     never = [executor.expect("embed") for _ in range(2)]
     started = time.monotonic()
     assert await asyncio.wait_for(executor.submit("embed", batch_input=1).result(), WAIT) == 1
-    assert 0.25 < time.monotonic() - started < WAIT
+    assert 0.95 < time.monotonic() - started < WAIT
     for announcement in never:
         announcement.close()
     # Kinds without an arrival wait ignore announcements.
@@ -679,7 +679,7 @@ async def test_arrival_wait_is_bounded(make: Factory) -> None:
     executor.expect("plain")
     started = time.monotonic()
     assert await asyncio.wait_for(executor.submit("plain", batch_input=2).result(), WAIT) == 2
-    assert time.monotonic() - started < 0.25
+    assert time.monotonic() - started < 0.5
 
 
 async def test_full_batch_does_not_wait(make: Factory) -> None:

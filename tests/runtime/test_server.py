@@ -204,7 +204,7 @@ async def test_health_and_model_info_never_wait_behind_a_job(server, stub) -> No
     info = await stub.GetModelInfo(t2i_pb2.GetModelInfoRequest())
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         assert await health_status(channel, SERVICE) == SERVING
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0  # the job holds the device for ~2 s
     assert info.model_info.state == model_pb2.MODEL_STATE_READY
     assert info.model_info.family == "sleepy"
     long_job.cancel()
