@@ -35,6 +35,15 @@ class OmniSettings(ServiceSettings):
     talker_max_new_tokens: int = Field(
         4096, ge=1, description="Qwen2.5-Omni: most codec tokens its talker makes per reply."
     )
+    native_speech_chunk_codes: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Qwen-Omni speech: vocode every N new codec codes while the talker runs and stream "
+            "them at once (Qwen3-Omni exact for N >= the reply's codes or N = 300; Qwen2.5-Omni "
+            "approximate at the seams); 0: vocode the whole reply after the talker."
+        ),
+    )
     # --- speech in (for families without native audio input) ---
     asr_model: str = Field(
         "auto",

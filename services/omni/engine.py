@@ -135,6 +135,7 @@ class OmniEngine(Engine):
             max_context_tokens=settings.max_context_tokens,
             talker_max_new_tokens=settings.talker_max_new_tokens,
             trust_remote_code=settings.trust_remote_code,
+            speech_chunk_codes=settings.native_speech_chunk_codes,
         )
         family.load()
         self.family = family
@@ -373,11 +374,13 @@ class OmniEngine(Engine):
             if speaker is not None:
                 speaker.feed(delta)
 
+        # Native speech may come while the talker runs (native_speech_chunk_codes).
+        on_audio = writer.add_waveform if writer is not None and target is not None else None
         seed_everything(job.sampling.seed)
         generated = family.generate(
             messages,
             job.sampling,
-            GenerationHooks(on_text, should_stop),
+            GenerationHooks(on_text, should_stop, on_audio),
             speech=target,
             state=state,
         )
@@ -387,9 +390,10 @@ class OmniEngine(Engine):
             if speaker.interrupted:
                 interrupted = True
         elif writer is not None:
-            if generated.waveform is not None and not interrupted:
+            if generated.waveform is not None and not generated.streamed and not interrupted:
                 writer.add_waveform(generated.waveform)
-            writer.finish()
+            if not interrupted:  # what a streamed reply had not yet sent stays unsent
+                writer.finish()
         finish = FinishReason.CANCELLED if interrupted else generated.finish
         return ChatResult(
             text=generated.text,

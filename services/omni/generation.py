@@ -13,7 +13,7 @@ import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from services.omni.turns import FinishReason, Sampling
+from services.omni.turns import FinishReason, FloatAudio, Sampling
 
 
 @dataclass
@@ -22,6 +22,9 @@ class GenerationHooks:
 
     on_text: Callable[[str, int], None]  # (new text, output tokens so far)
     should_stop: Callable[[], bool]  # True: stop now (barge-in); may raise to cancel the job
+    # Native speech pieces (float, traits.speech_sample_rate) as they are made; a family that
+    # can stream its speech does so only when this is given (and reports Generated.streamed).
+    on_audio: Callable[[FloatAudio], None] | None = None
 
 
 def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:

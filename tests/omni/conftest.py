@@ -18,3 +18,15 @@ def smollm2_folder():
     from services.omni.bundled import smollm2_dir
 
     return smollm2_dir()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny Qwen-Omni models in-process: one thread is as fast, and two spin against each other
+    on loaded cores (token2wav took 12 s with two threads instead of 0.5 s with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,20 +23,14 @@ from tests.omni.support import EventLog, audio_part, start_omni, text_part, turn
 from tests.omni.test_qwen_omni import check_session_reuse
 
 # transformers' own talker generate() warns about this on every call; nothing to act on.
-pytestmark = pytest.mark.filterwarnings("ignore:Passing `repetition_penalty`:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Passing `repetition_penalty`:UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 TALKER_TOKENS = 12
 SEED = 4321
 RATE = 24000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and two spin against each other on loaded cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -34,20 +34,13 @@ from tests.omni.support import (
 )
 
 # transformers' own talker generate() warns about this on every call; nothing to act on.
-pytestmark = pytest.mark.filterwarnings("ignore:Passing `repetition_penalty`:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Passing `repetition_penalty`:UserWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 TALKER_TOKENS = 20
 SEED = 1234
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and two spin against each other on loaded cores
-    (token2wav took 12 s with two threads instead of 0.5 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

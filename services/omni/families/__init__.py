@@ -21,6 +21,7 @@ def create_family(
     max_context_tokens: int,
     talker_max_new_tokens: int,
     trust_remote_code: bool,
+    speech_chunk_codes: int = 0,
 ) -> Family:
     """The adapter for the model in `folder`; ValueError naming what is unsupported."""
     if found.library != "transformers":
@@ -33,6 +34,7 @@ def create_family(
             options,
             max_context_tokens=max_context_tokens,
             talker_max_new_tokens=talker_max_new_tokens,
+            speech_chunk_codes=speech_chunk_codes,
         )
     if found.model_type in QWEN3_OMNI_TYPES:
         from services.omni.families.qwen3_omni import Qwen3OmniFamily
@@ -42,6 +44,7 @@ def create_family(
             options,
             max_context_tokens=max_context_tokens,
             talker_max_new_tokens=talker_max_new_tokens,
+            speech_chunk_codes=speech_chunk_codes,
         )
     if found.model_type in MINICPM_O_TYPES or found.class_name.startswith("MiniCPMO"):
         if not trust_remote_code:

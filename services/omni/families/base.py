@@ -36,6 +36,9 @@ class Generated:
     input_tokens: int
     output_tokens: int
     waveform: FloatAudio | None = None  # native speech at traits.speech_sample_rate
+    # The speech already went out through GenerationHooks.on_audio as it was made (waveform
+    # is then None).
+    streamed: bool = False
 
 
 @dataclass

@@ -8,9 +8,11 @@ qwen_omni_base: the processor without a video processor, the prompt, KV reuse in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from transformers import Qwen3OmniMoeProcessor
 
 from services.omni.families.qwen_omni_base import (
@@ -18,6 +20,7 @@ from services.omni.families.qwen_omni_base import (
     load_omni_processor,
     omni_processor_class,
 )
+from services.omni.families.streaming_vocoder import Code2WavStream
 
 # Placeholders as Qwen3-Omni's own template writes them; the processor expands the pad tokens.
 QWEN3_OMNI_CHAT_TEMPLATE = (
@@ -60,6 +63,11 @@ class Qwen3OmniFamily(QwenOmniBase):
 
     def speech_kwargs(self) -> dict[str, Any]:
         return {"return_audio": True}
+
+    def speech_stream(
+        self, speaker: Any, emit: Callable[[np.ndarray], None], halted: Callable[[], bool]
+    ) -> Code2WavStream:
+        return Code2WavStream(self.model, self._speech_chunk, emit, halted)
 
 
 def fix_talker_audio_config(model: Any) -> None:

@@ -6,9 +6,11 @@ What it shares with Qwen3-Omni (processor, prompt, KV reuse in sessions) is in q
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Qwen2_5OmniProcessor
 
@@ -18,6 +20,7 @@ from services.omni.families.qwen_omni_base import (
     load_omni_processor,
     omni_processor_class,
 )
+from services.omni.families.streaming_vocoder import Token2WavStream
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
@@ -66,6 +69,13 @@ class QwenOmniFamily(QwenOmniBase):
 
     def speech_system_prompt(self) -> str:
         return DEFAULT_SYSTEM_PROMPT
+
+    def speech_stream(
+        self, speaker: Any, emit: Callable[[np.ndarray], None], halted: Callable[[], bool]
+    ) -> Token2WavStream:
+        return Token2WavStream(
+            self.model, self.model.speaker_map[speaker], self._speech_chunk, emit, halted
+        )
 
     def stored_talker_state(self, layer: int, states: torch.Tensor, ids: torch.Tensor) -> Any:
         if layer != 0:

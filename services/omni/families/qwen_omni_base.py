@@ -32,7 +32,7 @@ import hashlib
 import logging
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from services.omni.families.chat_llm import (
     generation_defaults,
     shared_prefix,
 )
+from services.omni.families.streaming_vocoder import TalkerSpeechStream
 from services.omni.generation import (
     GenerationHooks,
     HookStopping,
@@ -110,9 +111,14 @@ class CancelOnly(StoppingCriteria):
     def __init__(self, hooks: GenerationHooks, thinker: HookStopping) -> None:
         self._hooks = hooks
         self._thinker = thinker
+        # Kept: should_stop may report an event once (a session's barge-in), and the speech
+        # streamed while the talker runs must stop with it.
+        self.fired = False
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
-        stop = self._thinker.interrupted or self._hooks.should_stop()
+        if not self.fired:
+            self.fired = self._thinker.interrupted or self._hooks.should_stop()
+        stop = self.fired
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
@@ -168,11 +174,13 @@ class QwenOmniBase(Family):
         *,
         max_context_tokens: int = 0,
         talker_max_new_tokens: int = 4096,
+        speech_chunk_codes: int = 0,
     ) -> None:
         self._folder = folder
         self._options = options
         self._max_context = max_context_tokens
         self._talker_max = talker_max_new_tokens
+        self._speech_chunk = speech_chunk_codes  # 0: the vocoder runs once, after the talker
 
     # ---- what subclasses say ------------------------------------------------------------
 
@@ -198,6 +206,13 @@ class QwenOmniBase(Family):
     def speech_kwargs(self) -> dict[str, Any]:
         """Extra arguments to the model's generate() when it speaks."""
         return {}
+
+    @abstractmethod
+    def speech_stream(
+        self, speaker: Any, emit: Callable[[np.ndarray], None], halted: Callable[[], bool]
+    ) -> TalkerSpeechStream:
+        """What vocodes this model's talker codes while it generates (`speaker` as generate()
+        takes it)."""
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -423,6 +438,8 @@ class QwenOmniBase(Family):
         )
         feed = self._thinker_feed(inputs, plan)
         waveform = None
+        streamed = False
+        interrupted = False
         with torch.inference_mode():
             if speech is None:
                 result = self.model.thinker.generate(
@@ -430,10 +447,28 @@ class QwenOmniBase(Family):
                 )
                 if state is not None:
                     self._remember(state, result, plan, None)
+                interrupted = stopping.interrupted
             else:
                 stop = CancelOnly(hooks, stopping)
-                waveform = self._speak(inputs, feed, plan, thinker_kwargs, speech, stop, state)
-                if stopping.interrupted:
+                stream = None
+                if hooks.on_audio is not None and self._speech_chunk > 0:
+                    stream = self.speech_stream(
+                        self._speaker_value(speech), hooks.on_audio, lambda: stop.fired
+                    )
+                waveform = self._speak(
+                    inputs, feed, plan, thinker_kwargs, speech, stop, state, stream
+                )
+                streamed = stream is not None
+                if stream is not None:
+                    log.info(
+                        "%s: speech streamed while the talker ran, %d pieces, %d samples",
+                        self.display_name,
+                        stream.pieces,
+                        stream.samples,
+                    )
+                # Stopped in the thinker or in the talker: the reply's speech ends here.
+                interrupted = stopping.interrupted or stop.fired
+                if interrupted or streamed:
                     waveform = None
         log.debug(
             "%s: %d prompt tokens, %d from the session's cache",
@@ -443,11 +478,16 @@ class QwenOmniBase(Family):
         )
         return Generated(
             text=streamer.sent,
-            finish=streamer.finish_reason(max_new, stopping.interrupted),
+            finish=streamer.finish_reason(max_new, interrupted),
             input_tokens=prompt_tokens,
             output_tokens=streamer.output_tokens,
             waveform=waveform,
+            streamed=streamed,
         )
+
+    def _speaker_value(self, speech: SpeechTarget) -> Any:
+        speaker = self._speakers.get(speech.speaker) if speech.speaker else None
+        return speaker if speaker is not None else next(iter(self._speakers.values()))
 
     def _speak(
         self,
@@ -458,9 +498,11 @@ class QwenOmniBase(Family):
         speech: SpeechTarget,
         talker_stop: StoppingCriteria,
         state: ConversationState | None,
+        stream: TalkerSpeechStream | None = None,
     ) -> np.ndarray:
         """The model's own generate() (thinker, then talker and vocoder), with the thinker call
-        fed and its result completed for the reused prefix."""
+        fed and its result completed for the reused prefix; with a stream, the talker's codes
+        are vocoded as they come (the returned waveform is then empty)."""
         kwargs: dict[str, Any] = {
             "input_ids": feed.pop("input_ids"),
             "attention_mask": feed.pop("attention_mask"),
@@ -473,16 +515,19 @@ class QwenOmniBase(Family):
             kwargs["talker_image_grid_thw"] = inputs["image_grid_thw"]
         if inputs.get("feature_attention_mask") is not None:
             kwargs["talker_audio_feature_lengths"] = inputs["feature_attention_mask"].sum(-1)
-        speaker = self._speakers.get(speech.speaker) if speech.speaker else None
-        if speaker is None:
-            speaker = next(iter(self._speakers.values()))
+        criteria = [talker_stop]
+        tapped: Any = nullcontext()
+        if stream is not None:
+            # After the stop criterion, so a step that stops the reply emits nothing.
+            criteria += stream.talker_criteria()
+            tapped = stream.attached()
         captured: list[Any] = []
-        with self._thinker_result_hook(plan, captured):
+        with self._thinker_result_hook(plan, captured), tapped:
             out = self.model.generate(
                 **kwargs,
-                speaker=speaker,
+                speaker=self._speaker_value(speech),
                 talker_max_new_tokens=self._talker_max,
-                talker_stopping_criteria=[talker_stop],
+                talker_stopping_criteria=criteria,
                 **self.speech_kwargs(),
             )
         wav = out[1]
