@@ -49,24 +49,45 @@ QUESTIONS = (
 CHUNK_MS = 200
 
 
+# The native talker's speech on the tiny Qwen3-Omni (random weights: its talker speaks until
+# its frame limit), vocoded after the whole reply or every NATIVE_CHUNK codes while the talker
+# runs (native_speech_chunk_codes): what streaming the vocoder does to time to first audio.
+NATIVE_FRAMES = 96
+NATIVE_CHUNK = 12
+NATIVE_TOKENS = 8
+NATIVE_VARIANTS = {
+    "native speech, tiny Qwen3-Omni, whole-reply vocoder": 0,
+    f"native speech, tiny Qwen3-Omni, vocoder every {NATIVE_CHUNK} codes": NATIVE_CHUNK,
+}
+
+
 def model_flags(plan: Plan) -> list[str]:
     # The default local model in every profile: the tiny Qwen2.5-Omni's random talker speaks
     # until its token limit, minutes per reply on CPU.
     return plan.server_flags("omni")
 
 
+def native_flags(plan: Plan, chunk_codes: int) -> list[str]:
+    return [
+        *("--local-model", "tiny-qwen3-omni", "--asr-model", "none", "--tts-model", "none"),
+        *("--talker-max-new-tokens", str(NATIVE_FRAMES)),
+        *("--native-speech-chunk-codes", str(chunk_codes)),
+        *plan.server_flags("omni"),
+    ]
+
+
 class InProcess:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, flags: Sequence[str], tokens: int) -> None:
         from services.omni.config import OmniSettings
         from services.omni.engine import OmniEngine
         from services.runtime.config import load_settings
 
         data_dir = tempfile.mkdtemp(prefix="omni-bench-")
-        settings = load_settings(OmniSettings, ["--data-dir", data_dir, *model_flags(plan)])
+        settings = load_settings(OmniSettings, ["--data-dir", data_dir, *flags])
         self.device = ThreadPoolExecutor(1, thread_name_prefix="device")
         self.engine = OmniEngine(settings)
         self.device.submit(self._load).result()
-        self.tokens = plan.sizes["omni_tokens"]
+        self.tokens = tokens
         self.asked = itertools.count()  # each path asks the questions in the same order
 
     def _load(self) -> None:
@@ -168,7 +189,7 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
     closers: list[Callable[[], None]] = []
     try:
         log("omni: loading the in-process engine and starting the server")
-        local = InProcess(plan)
+        local = InProcess(plan, model_flags(plan), tokens)
         closers.append(local.close)
         data_dir = tempfile.mkdtemp(prefix="omni-bench-")
         server = start_served(
@@ -178,6 +199,14 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
         clients = {p: GrpcClient(t, loop, tokens) for p, t in server.targets().items()}
         closers += [c.close for c in clients.values()]
         specs: list[CellSpec] = []
+        native: list[CellSpec] = []
+        if plan.profile != "tiny":
+            notes.append(
+                f"omni native speech: tiny Qwen3-Omni (random weights), {NATIVE_FRAMES} talker "
+                f"frames per reply, at most {NATIVE_TOKENS} new text tokens, one reply per run; "
+                "whole-reply vocoder vs native_speech_chunk_codes"
+            )
+            native = _native_specs(plan, loop, closers, log)
         for n in plan.concurrency["omni"]:
             specs.append(
                 CellSpec(
@@ -196,13 +225,46 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
                 )
         order = {IN_PROCESS: 0, SERVED: 1, ENVOY: 2}
         specs.sort(key=lambda s: (s.cell.concurrency, order[s.cell.path]))
-        cells = measure_rounds(specs, plan.repeats_for("omni"), log)
+        cells = measure_rounds(specs + native, plan.repeats_for("omni"), log)
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):
                 close()
         loop.close()
     return cells, notes
+
+
+def _native_specs(
+    plan: Plan, loop: Loop, closers: list[Callable[[], None]], log: Callable[[str], None]
+) -> list[CellSpec]:
+    """In-process and served cells of the tiny Qwen3-Omni, one pair per vocoder setting."""
+    specs: list[CellSpec] = []
+    for variant, chunk in NATIVE_VARIANTS.items():
+        log(f"omni: {variant}")
+        flags = native_flags(plan, chunk)
+        local = InProcess(plan, flags, NATIVE_TOKENS)
+        closers.append(local.close)
+        server = start_served(
+            "omni", ["--data-dir", tempfile.mkdtemp(prefix="omni-bench-"), *flags], envoy=False
+        )
+        closers.append(server.stop)
+        client = GrpcClient(server.targets()[SERVED], loop, NATIVE_TOKENS)
+        closers.append(client.close)
+        specs.append(
+            CellSpec(
+                Cell("omni", IN_PROCESS, 1, "reply", variant),
+                lambda local=local: local.measure(1),
+                lambda local=local: local.measure(1),
+            )
+        )
+        specs.append(
+            CellSpec(
+                Cell("omni", SERVED, 1, "reply", variant),
+                lambda client=client: client.measure(1, 1),
+                lambda client=client: client.measure(1, 1),
+            )
+        )
+    return specs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

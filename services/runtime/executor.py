@@ -273,22 +273,38 @@ class ExecutorConfig:
             raise ValueError("max_retained_jobs must be >= 0")
 
 
+# The most a return wait (BatchSpec.max_return_wait_ms) may be, as a share of the time the batch
+# before it ran.
+RETURN_WAIT_SHARE = 0.1
+
+
 @dataclass(frozen=True)
 class BatchSpec:
     """How a batchable kind is coalesced: at most `max_batch_size` jobs per call, and the oldest
     job waits at most `max_wait_ms` (counted from its submission) for companions. While jobs
     of the kind are expected (`SingleFlightExecutor.expect`: their inputs are being prepared),
-    a batch about to start waits up to `max_arrival_wait_ms` more for them."""
+    a batch about to start waits up to `max_arrival_wait_ms` more for them.
+
+    `max_return_wait_ms`: callers that loop (send, get the answer, send again) come back a few
+    milliseconds after their batch ends, just after the next batch has started without them, so
+    N such callers settle into alternating batches of about N/2. When a batch ends, the callers
+    it answered plus the jobs still queued are taken as the demand; the next batch waits up to
+    this long (from the end of the previous one), and at most RETURN_WAIT_SHARE of the time the
+    previous batch ran, until that many jobs are queued: the device idles for a small share of
+    its busy time at most, whatever the batch costs. A lone caller never waits (the demand is
+    the one job queued)."""
 
     max_batch_size: int
     max_wait_ms: float
     max_arrival_wait_ms: float = 0.0
+    max_return_wait_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
-        if self.max_wait_ms < 0 or self.max_arrival_wait_ms < 0:
-            raise ValueError("max_wait_ms and max_arrival_wait_ms must be >= 0")
+        waits = (self.max_wait_ms, self.max_arrival_wait_ms, self.max_return_wait_ms)
+        if min(waits) < 0:
+            raise ValueError("max_wait_ms, max_arrival_wait_ms and max_return_wait_ms must be >= 0")
 
 
 class ExpectedJob:
@@ -710,6 +726,9 @@ class SingleFlightExecutor:
         self._max_batch: dict[str, int] = {}
         # Announced batchable jobs not yet submitted, per (kind, batch key).
         self._expected: collections.Counter[tuple[str, Hashable]] = collections.Counter()
+        # (kind, batch key) -> (until when, jobs wanted): the demand a batch left behind it
+        # (BatchSpec.max_return_wait_ms).
+        self._returning: dict[tuple[str, Hashable], tuple[float, int]] = {}
         self._running: list[_Job] = []
         self._device_kind: str | None = None  # set while the device thread is busy
         self._device_since = 0.0
@@ -927,6 +946,9 @@ class SingleFlightExecutor:
                 until = wait_until
                 if self._expected[(head.kind, head.batch_key)] > 0:
                     until = max(until, arrivals_until)
+                returning_until, wanted = self._returning.get((head.kind, head.batch_key), (0.0, 0))
+                if len(mates) < min(wanted, limit):
+                    until = max(until, returning_until)
                 remaining = until - time.monotonic()
                 if len(mates) >= limit or remaining <= 0:
                     return mates[:limit]
@@ -993,10 +1015,16 @@ class SingleFlightExecutor:
     async def _run_batch(self, jobs: list[_Job]) -> None:
         assert self._loop is not None
         kind = jobs[0].kind
-        fn, _ = self._batches[kind]
+        fn, spec = self._batches[kind]
         started = time.monotonic()
         report = await self._loop.run_in_executor(self._device, _call_batch, kind, fn, jobs)
-        duration = time.monotonic() - started
+        ended = time.monotonic()
+        duration = ended - started
+        if spec.max_return_wait_ms > 0:
+            key = jobs[0].batch_key
+            queued = sum(1 for j in self._queue if j.kind == kind and j.batch_key == key)
+            wait = min(spec.max_return_wait_ms / 1000.0, duration * RETURN_WAIT_SHARE)
+            self._returning[(kind, key)] = (ended + wait, len(jobs) + queued)
         for size in report.calls:
             self._notify(self._observer.batch_run, kind, size)
         for new_max in report.halvings:

@@ -43,6 +43,16 @@ class VisionSettings(ServiceSettings):
             "of the first image running alone. A lone client never waits; 0 turns it off."
         ),
     )
+    max_return_wait_ms: float = Field(
+        80.0,
+        ge=0,
+        description=(
+            "When a batch ends, how long the next one may wait for the clients it just answered "
+            "to send again (up to as many jobs as that batch and the queue held; never more than "
+            "10% of the time the batch ran), so N looping clients share one forward pass "
+            "instead of alternating halves. A lone client never waits; 0 turns it off."
+        ),
+    )
     max_device_batch: int = Field(
         64,
         ge=1,

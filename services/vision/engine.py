@@ -212,7 +212,9 @@ class VisionEngine(Engine):
 
     def batch_operations(self) -> dict[str, BatchOperation]:
         s = self.settings
-        images = BatchSpec(s.max_batch_size, s.max_batch_wait_ms, s.max_arrival_wait_ms)
+        images = BatchSpec(
+            s.max_batch_size, s.max_batch_wait_ms, s.max_arrival_wait_ms, s.max_return_wait_ms
+        )
         operations = {EMBED_IMAGES: BatchOperation(self.embed_images_batch, images)}
         if self.supports_text:
             texts = BatchSpec(s.max_batch_size, s.max_batch_wait_ms)

@@ -682,6 +682,54 @@ async def test_arrival_wait_is_bounded(make: Factory) -> None:
     assert time.monotonic() - started < 0.5
 
 
+async def _closed_loop_batches(make: Factory, callers: int, return_wait_ms: float) -> list[int]:
+    """`callers` callers that each send again 2 ms after their answer, 6 rounds each: the
+    sizes of the batches the device ran (a batch takes 200 ms, so a return wait may be 20 ms)."""
+    executor = await make()
+    sizes: list[int] = []
+
+    def batch_fn(inputs: list[Any], contexts: list[JobContext]) -> list[Any]:
+        sizes.append(len(inputs))
+        time.sleep(0.2)
+        return list(inputs)
+
+    spec = BatchSpec(max_batch_size=8, max_wait_ms=0, max_return_wait_ms=return_wait_ms)
+    executor.register_batch("embed", batch_fn, spec)
+
+    async def caller(number: int) -> None:
+        await asyncio.sleep(0.03 * number)  # they start apart, so the first batch is small
+        for _ in range(6):
+            await asyncio.wait_for(executor.submit("embed", batch_input=number).result(), WAIT)
+            await asyncio.sleep(0.002)
+
+    await asyncio.gather(*(caller(n) for n in range(callers)))
+    return sizes
+
+
+async def test_return_wait_lets_looping_callers_share_a_batch(make: Factory) -> None:
+    # Without it, 4 looping callers never run as one batch of 4 after the first.
+    assert 4 not in (await _closed_loop_batches(make, 4, 0))[1:]
+    # With it, they settle into batches of 4 once the first batches have gathered them (the
+    # callers that started first also end first). The 2 s asked for is cut to 10% of a batch.
+    sizes = await _closed_loop_batches(make, 4, 2_000)
+    assert sizes.count(4) >= 4, sizes
+    assert sum(sizes) == 24
+
+
+async def test_return_wait_never_delays_a_lone_caller(make: Factory) -> None:
+    executor = await make()
+    executor.register_batch(
+        "embed", lambda inputs, contexts: list(inputs), BatchSpec(8, 0, max_return_wait_ms=2_000)
+    )
+    for number in range(5):
+        started = time.monotonic()
+        done = await asyncio.wait_for(executor.submit("embed", batch_input=number).result(), WAIT)
+        assert done == number
+        assert time.monotonic() - started < 1.0  # the 2 s wait is never taken
+    with pytest.raises(ValueError, match="max_return_wait_ms"):
+        BatchSpec(8, 0, max_return_wait_ms=-1)
+
+
 async def test_full_batch_does_not_wait(make: Factory) -> None:
     executor = await make()
     executor.register_batch(
