@@ -250,6 +250,13 @@ def test_cancel_in_the_talker_stops_the_audio(qwen3, qwen3_whole):
 # ---- the engine -------------------------------------------------------------------------------
 
 
+def engine_reply(engine, emit_audio, **options):
+    """One spoken reply through the engine (Ethan, 40 ms client chunks), text ignored."""
+    job = ChatJob(MESSAGES, SAMPLING, SpeechRequest(enabled=True, voice="Ethan", chunk_ms=40))
+    voice = VoiceChoice(speaker="Ethan")
+    return engine.respond(job, voice, emit_text=lambda _: None, emit_audio=emit_audio, **options)
+
+
 def test_engine_streams_native_speech_in_client_chunks(engine, qwen3_whole):
     steps = TalkerSteps(engine.family)
     chunks: list[AudioOut] = []
@@ -259,15 +266,8 @@ def test_engine_streams_native_speech_in_client_chunks(engine, qwen3_whole):
         chunks.append(chunk)
         sent_at.append(steps.count)
 
-    job = ChatJob(MESSAGES, SAMPLING, SpeechRequest(enabled=True, voice="Ethan", chunk_ms=40))
     try:
-        result = engine.respond(
-            job,
-            VoiceChoice(speaker="Ethan"),
-            emit_text=lambda _: None,
-            emit_audio=emit_audio,
-            keep_audio=True,
-        )
+        result = engine_reply(engine, emit_audio, keep_audio=True)
     finally:
         steps.close()
     assert sent_at[0] < QWEN3_TALKER  # client chunks left before the talker's last step
@@ -290,14 +290,9 @@ def test_engine_cancel_in_the_talker_sends_no_more_audio(engine, qwen3_whole):
         stopped = stopped or steps.count >= 12
         return stopped
 
-    job = ChatJob(MESSAGES, SAMPLING, SpeechRequest(enabled=True, voice="Ethan", chunk_ms=40))
     try:
-        result = engine.respond(
-            job,
-            VoiceChoice(speaker="Ethan"),
-            emit_text=lambda _: None,
-            emit_audio=lambda _: sent_at.append(steps.count),
-            should_stop=should_stop,
+        result = engine_reply(
+            engine, lambda _: sent_at.append(steps.count), should_stop=should_stop
         )
     finally:
         steps.close()

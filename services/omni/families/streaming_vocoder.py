@@ -177,6 +177,7 @@ class _CodeTap(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+@functools.cache  # the model class's generate/forward: read once, not per reply
 def _defaults(function: Callable[..., Any]) -> dict[str, Any]:
     return {
         name: parameter.default
@@ -327,7 +328,11 @@ class Token2WavStream(TalkerSpeechStream):
             self._noise.append(
                 torch.randn((1, self._block, self._mel_dim), generator=self._generator)
             )
-        noise = torch.cat(self._noise, dim=1)[:, first:last]
+        # Only the blocks the window covers, not the whole reply's noise each time.
+        low = first // self._block
+        high = math.ceil(last / self._block)
+        noise = torch.cat(self._noise[low:high], dim=1)
+        noise = noise[:, first - low * self._block : last - low * self._block]
         return noise.to(device=self._device, dtype=torch.float32)
 
     def _dit_mel(self, codes: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
