@@ -113,8 +113,14 @@ async def test_stopping_a_replica_under_load_fails_no_request(pair: Stack) -> No
     async with grpc.aio.insecure_channel(pair.address) as channel:
         load = Load(t2i_pb2_grpc.ImageGenerationServiceStub(channel), workers=4)
         try:
-            warm = await load.run_for(2.0)
-            assert {o.replica for o in warm} == {first, second}, "both replicas take traffic"
+            # Within a bound, not a fixed window: on a busy machine a replica can miss one
+            # health check and sit out a second or two before the balancer sends it work.
+            warm_from = time.monotonic()
+
+            def both_served() -> bool:
+                return {o.replica for o in load.since(warm_from)} == {first, second}
+
+            await wait_until(both_served, 10, "both replicas take traffic")
 
             # Stop the first replica gracefully while calls keep coming.
             child = pair.group("t2i").children[0]
@@ -134,8 +140,12 @@ async def test_stopping_a_replica_under_load_fails_no_request(pair: Stack) -> No
             # Bring it back on the same port: Envoy's health check readmits it.
             pair.start_replica("t2i", 0)
             await wait_until(lambda: in_rotation(host_health(pair, first)), 60, "readmitted")
-            back = await load.run_for(2.0)
-            assert first in {o.replica for o in back}, "traffic returns to the restarted replica"
+            back_from = time.monotonic()
+            await wait_until(
+                lambda: first in {o.replica for o in load.since(back_from)},
+                10,
+                "traffic returns to the restarted replica",
+            )
         finally:
             await load.stop()
     failures = [o for o in load.outcomes if o.code != grpc.StatusCode.OK]
