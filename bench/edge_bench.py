@@ -16,28 +16,18 @@ same).
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
-from bench.harness import (
-    CellSpec,
-    Loop,
-    Plan,
-    closed_loop,
-    measure_rounds,
-    start_served,
-    timed_sequence,
-)
-from bench.stats import ENVOY, Cell, Run, Sample
+from bench import kit
 
 T2I = "mmserve.t2i.v1.ImageGenerationService"
 INFO, UNARY, JSON_UNARY = "GetModelInfo", "TextToImage 1 step", "TextToImage 1 step, HTTP/JSON"
@@ -50,33 +40,29 @@ def t2i_request() -> Any:
     return t2i_pb2.TextToImageRequest(params=params)
 
 
-class GrpcClient:
-    def __init__(self, target: str, loop: Loop) -> None:
+class GrpcClient(kit.ChannelClient):
+    def __init__(self, target: str, loop: kit.Loop) -> None:
         from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
 
-        self.loop = loop
-        self.channel = loop.channel(target)
+        super().__init__(target, loop)
         self.stub = t2i_pb2_grpc.ImageGenerationServiceStub(self.channel)
         self.info_request = t2i_pb2.GetModelInfoRequest()
         self.unary_request = t2i_request()
 
-    async def info(self, _index: int) -> tuple[Sample, float]:
+    async def info(self, _index: int) -> tuple[kit.Sample, float]:
         started = time.perf_counter()
         await self.stub.GetModelInfo(self.info_request, timeout=30)
-        return Sample(time.perf_counter() - started), 1.0
+        return kit.Sample(time.perf_counter() - started), 1.0
 
-    async def unary(self, _index: int) -> tuple[Sample, float]:
+    async def unary(self, _index: int) -> tuple[kit.Sample, float]:
         started = time.perf_counter()
         reply = await self.stub.TextToImage(self.unary_request, timeout=30)
         usage = reply.result.usage
-        return Sample(time.perf_counter() - started, usage.queue_seconds, usage.batch_size), 1.0
+        return kit.Sample(time.perf_counter() - started, usage.queue_seconds, usage.batch_size), 1.0
 
-    def measure(self, variant: str, calls: int, clients: int) -> Run:
+    def measure(self, variant: str, calls: int, clients: int) -> kit.Run:
         call = self.info if variant == INFO else self.unary
-        return self.loop.run(closed_loop(call, calls, clients))
-
-    def close(self) -> None:
-        self.loop.run(self.channel.close())
+        return self.run_closed_loop(call, calls, clients)
 
 
 class JsonClient:
@@ -87,7 +73,7 @@ class JsonClient:
         self.connection = http.client.HTTPConnection(host, int(port), timeout=30)
         self.body = json.dumps({"params": {"prompt": "bench", "numInferenceSteps": 1, "width": 8}})
 
-    def one(self, _index: int) -> tuple[Sample, float]:
+    def one(self, _index: int) -> tuple[kit.Sample, float]:
         started = time.perf_counter()
         self.connection.request(
             "POST",
@@ -99,26 +85,26 @@ class JsonClient:
         reply.read()
         if reply.status != 200:
             raise RuntimeError(f"HTTP/JSON TextToImage answered {reply.status}")
-        return Sample(time.perf_counter() - started), 1.0
+        return kit.Sample(time.perf_counter() - started), 1.0
 
-    def measure(self, calls: int) -> Run:
-        return timed_sequence(self.one, calls)
+    def measure(self, calls: int) -> kit.Run:
+        return kit.timed_sequence(self.one, calls)
 
     def close(self) -> None:
         self.connection.close()
 
 
-def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+def benchmark(
+    plan: kit.Plan, log: Callable[[str], None] = print
+) -> tuple[list[kit.Cell], list[str]]:
     calls = plan.sizes["edge_calls"]
     notes = [
         f"edge: {calls} calls per run against the sleepy test engine (0 s steps, no model); "
         "Envoy with one worker thread and its access log on, as the local stack runs it"
     ]
-    loop = Loop()
-    closers: list[Callable[[], None]] = []
-    try:
+    with kit.teardown() as (loop, closers):
         log("edge: starting the sleepy t2i replica behind Envoy")
-        server = start_served(
+        server = kit.start_served(
             "edge",
             ["--step-seconds", "0"],
             module="tests.support.sleepy_service",
@@ -128,13 +114,13 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
         clients = {p: GrpcClient(t, loop) for p, t in server.targets().items()}
         closers += [c.close for c in clients.values()]
         warm = min(50, calls)
-        specs: list[CellSpec] = []
+        specs: list[kit.CellSpec] = []
         for variant in (INFO, UNARY):
             for n in plan.concurrency["edge"]:
                 for path, client in plan.paths_at("edge", n, clients).items():
                     specs.append(
-                        CellSpec(
-                            Cell("edge", path, n, "call", variant),
+                        kit.CellSpec(
+                            kit.Cell("edge", path, n, "call", variant),
                             lambda v=variant, n=n, c=client: c.measure(v, calls, n),
                             lambda v=variant, n=n, c=client: c.measure(v, warm, n),
                         )
@@ -143,26 +129,15 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
             json_client = JsonClient(server.envoy)
             closers.append(json_client.close)
             specs.append(
-                CellSpec(
-                    Cell("edge", ENVOY, 1, "call", JSON_UNARY),
+                kit.CellSpec(
+                    kit.Cell("edge", kit.ENVOY, 1, "call", JSON_UNARY),
                     lambda: json_client.measure(calls),
                     lambda: json_client.measure(warm),
                 )
             )
-        cells = measure_rounds(specs, plan.repeats_for("edge"), log)
-    finally:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                close()
-        loop.close()
+        cells = kit.measure_rounds(specs, plan.repeats_for("edge"), log)
     return cells, notes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from bench import run
-
-    return run.main(["--capabilities", "edge", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(kit.script_main("edge"))

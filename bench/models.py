@@ -27,7 +27,7 @@ PROFILES = ("tiny", "cpu", "gpu")
 
 
 def _sd_config(unet: dict[str, Any], vae: dict[str, Any], text: dict[str, Any]) -> dict[str, Any]:
-    from services.t2i.tiny import SD_CONFIG
+    from services.t2i.builtin.stable_diffusion import SD_CONFIG
 
     config = copy.deepcopy(SD_CONFIG)
     config["unet"].update(unet)
@@ -108,13 +108,13 @@ SD_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def t2i_model_dir(profile: str) -> Path:
-    from services.t2i.tiny import build_stable_diffusion
+    from services.t2i.builtin.stable_diffusion import build_stable_diffusion
 
     config = SD_CONFIGS[profile]
     name = "stable_diffusion" if profile == "tiny" else f"bench-sd-{profile}"
     if profile == "tiny":
-        # The folder the earlier t2i benchmark built (same config, same cache entry).
-        from services.t2i.tiny import tiny_model_dir
+        # The tests' tiny pipeline, from services.t2i.builtin's cache (same config, same entry).
+        from services.t2i.builtin import tiny_model_dir
 
         return tiny_model_dir(name, config)
     return cached_model_dir(name, config, lambda folder: build_stable_diffusion(folder, config))
@@ -144,7 +144,7 @@ def vl_model_dir(profile: str) -> Path:
     return cached_model_dir(
         f"bench-qwen2_5_vl-{profile}",
         spec,
-        lambda folder: tiny._build(folder, spec),  # the tiny models' builder, at this size
+        lambda folder: tiny.build_model(folder, spec),  # the tiny models' builder, at this size
     )
 
 

@@ -18,7 +18,6 @@ same).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import sys
 import tempfile
@@ -27,19 +26,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
-from bench.harness import (
-    CellSpec,
-    Loop,
-    Plan,
-    closed_loop,
-    measure_rounds,
-    start_served,
-    timed_sequence,
-)
-from bench.stats import ENVOY, IN_PROCESS, SERVED, Cell, Run, Sample
+from bench import kit
 
 QUESTIONS = (
     "What is the capital of France?",
@@ -61,13 +51,13 @@ NATIVE_VARIANTS = {
 }
 
 
-def model_flags(plan: Plan) -> list[str]:
+def model_flags(plan: kit.Plan) -> list[str]:
     # The default local model in every profile: the tiny Qwen2.5-Omni's random talker speaks
     # until its token limit, minutes per reply on CPU.
     return plan.server_flags("omni")
 
 
-def native_flags(plan: Plan, chunk_codes: int) -> list[str]:
+def native_flags(plan: kit.Plan, chunk_codes: int) -> list[str]:
     return [
         *("--local-model", "tiny-qwen3-omni", "--asr-model", "none", "--tts-model", "none"),
         *("--talker-max-new-tokens", str(NATIVE_FRAMES)),
@@ -77,7 +67,7 @@ def native_flags(plan: Plan, chunk_codes: int) -> list[str]:
 
 
 class InProcess:
-    def __init__(self, plan: Plan, flags: Sequence[str], tokens: int) -> None:
+    def __init__(self, plan: kit.Plan, flags: Sequence[str], tokens: int) -> None:
         from services.omni.config import OmniSettings
         from services.omni.engine import OmniEngine
         from services.runtime.config import load_settings
@@ -94,7 +84,7 @@ class InProcess:
         self.engine.load()
         self.engine.warmup()
 
-    def _respond(self, question: str) -> Sample:
+    def _respond(self, question: str) -> kit.Sample:
         from services.omni.engine import SamplingInput
         from services.omni.turns import ChatJob, Message, Role, SpeechRequest, TextPart
 
@@ -113,14 +103,14 @@ class InProcess:
             emit_audio=lambda _: marks.setdefault("audio", time.perf_counter()),
         )
         total = time.perf_counter() - started
-        return Sample(total, batch=1, extra=_extra(started, marks, total, result.audio_seconds))
+        return kit.Sample(total, batch=1, extra=_extra(started, marks, total, result.audio_seconds))
 
-    def one(self, _index: int) -> tuple[Sample, float]:
+    def one(self, _index: int) -> tuple[kit.Sample, float]:
         question = QUESTIONS[next(self.asked) % len(QUESTIONS)]
         return self.device.submit(self._respond, question).result(), 1.0
 
-    def measure(self, replies: int) -> Run:
-        return timed_sequence(self.one, replies)
+    def measure(self, replies: int) -> kit.Run:
+        return kit.timed_sequence(self.one, replies)
 
     def close(self) -> None:
         self.device.shutdown()
@@ -135,16 +125,16 @@ def _extra(started: float, marks: dict[str, float], total: float, audio: float) 
     return extra
 
 
-class GrpcClient:
-    def __init__(self, target: str, loop: Loop, tokens: int) -> None:
+class GrpcClient(kit.ChannelClient):
+    def __init__(self, target: str, loop: kit.Loop, tokens: int) -> None:
         from mmserve.omni.v1 import omni_pb2_grpc
 
-        self.loop, self.tokens = loop, tokens
+        super().__init__(target, loop)
+        self.tokens = tokens
         self.asked = itertools.count()
-        self.channel = loop.channel(target)
         self.stub = omni_pb2_grpc.OmniServiceStub(self.channel)
 
-    async def one(self, _index: int) -> tuple[Sample, float]:
+    async def one(self, _index: int) -> tuple[kit.Sample, float]:
         from mmserve.common.v1 import chat_pb2
         from mmserve.omni.v1 import omni_pb2
 
@@ -167,16 +157,15 @@ class GrpcClient:
                 seconds, usage = event.completed.audio_seconds, event.completed.usage
         total = time.perf_counter() - started
         queue = usage.queue_seconds if usage is not None else None
-        return Sample(total, queue, 1, _extra(started, marks, total, seconds)), 1.0
+        return kit.Sample(total, queue, 1, _extra(started, marks, total, seconds)), 1.0
 
-    def measure(self, replies: int, clients: int) -> Run:
-        return self.loop.run(closed_loop(self.one, replies, clients))
-
-    def close(self) -> None:
-        self.loop.run(self.channel.close())
+    def measure(self, replies: int, clients: int) -> kit.Run:
+        return self.run_closed_loop(self.one, replies, clients)
 
 
-def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+def benchmark(
+    plan: kit.Plan, log: Callable[[str], None] = print
+) -> tuple[list[kit.Cell], list[str]]:
     tokens = plan.sizes["omni_tokens"]
     # Per client and run: every question (the same set in every run, so runs compare), one in
     # a smoke run.
@@ -185,21 +174,19 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
         f"omni: {replies} question(s) per client and run, the same in every run, greedy, at "
         f"most {tokens} new tokens, speech on ({CHUNK_MS} ms chunks); throughput in replies/s"
     ]
-    loop = Loop()
-    closers: list[Callable[[], None]] = []
-    try:
+    with kit.teardown() as (loop, closers):
         log("omni: loading the in-process engine and starting the server")
         local = InProcess(plan, model_flags(plan), tokens)
         closers.append(local.close)
         data_dir = tempfile.mkdtemp(prefix="omni-bench-")
-        server = start_served(
+        server = kit.start_served(
             "omni", ["--data-dir", data_dir, *model_flags(plan)], envoy=plan.envoy
         )
         closers.append(server.stop)
         clients = {p: GrpcClient(t, loop, tokens) for p, t in server.targets().items()}
         closers += [c.close for c in clients.values()]
-        specs: list[CellSpec] = []
-        native: list[CellSpec] = []
+        specs: list[kit.CellSpec] = []
+        native: list[kit.CellSpec] = []
         if plan.profile != "tiny":
             notes.append(
                 f"omni native speech: tiny Qwen3-Omni (random weights), {NATIVE_FRAMES} talker "
@@ -209,57 +196,52 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
             native = _native_specs(plan, loop, closers, log)
         for n in plan.concurrency["omni"]:
             specs.append(
-                CellSpec(
-                    Cell("omni", IN_PROCESS, n, "reply"),
+                kit.CellSpec(
+                    kit.Cell("omni", kit.IN_PROCESS, n, "reply"),
                     lambda n=n: local.measure(replies * n),
                     lambda: local.measure(1),
                 )
             )
             for path, client in plan.paths_at("omni", n, clients).items():
                 specs.append(
-                    CellSpec(
-                        Cell("omni", path, n, "reply", "StreamChat"),
+                    kit.CellSpec(
+                        kit.Cell("omni", path, n, "reply", "StreamChat"),
                         lambda n=n, client=client: client.measure(replies * n, n),
                         lambda client=client: client.measure(1, 1),
                     )
                 )
-        order = {IN_PROCESS: 0, SERVED: 1, ENVOY: 2}
+        order = {kit.IN_PROCESS: 0, kit.SERVED: 1, kit.ENVOY: 2}
         specs.sort(key=lambda s: (s.cell.concurrency, order[s.cell.path]))
-        cells = measure_rounds(specs + native, plan.repeats_for("omni"), log)
-    finally:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                close()
-        loop.close()
+        cells = kit.measure_rounds(specs + native, plan.repeats_for("omni"), log)
     return cells, notes
 
 
 def _native_specs(
-    plan: Plan, loop: Loop, closers: list[Callable[[], None]], log: Callable[[str], None]
-) -> list[CellSpec]:
+    plan: kit.Plan, loop: kit.Loop, closers: list[Callable[[], None]], log: Callable[[str], None]
+) -> list[kit.CellSpec]:
     """In-process and served cells of the tiny Qwen3-Omni, one pair per vocoder setting."""
-    specs: list[CellSpec] = []
+    specs: list[kit.CellSpec] = []
     for variant, chunk in NATIVE_VARIANTS.items():
         log(f"omni: {variant}")
         flags = native_flags(plan, chunk)
         local = InProcess(plan, flags, NATIVE_TOKENS)
         closers.append(local.close)
-        server = start_served(
+        server = kit.start_served(
             "omni", ["--data-dir", tempfile.mkdtemp(prefix="omni-bench-"), *flags], envoy=False
         )
         closers.append(server.stop)
-        client = GrpcClient(server.targets()[SERVED], loop, NATIVE_TOKENS)
+        client = GrpcClient(server.targets()[kit.SERVED], loop, NATIVE_TOKENS)
         closers.append(client.close)
         specs.append(
-            CellSpec(
-                Cell("omni", IN_PROCESS, 1, "reply", variant),
+            kit.CellSpec(
+                kit.Cell("omni", kit.IN_PROCESS, 1, "reply", variant),
                 lambda local=local: local.measure(1),
                 lambda local=local: local.measure(1),
             )
         )
         specs.append(
-            CellSpec(
-                Cell("omni", SERVED, 1, "reply", variant),
+            kit.CellSpec(
+                kit.Cell("omni", kit.SERVED, 1, "reply", variant),
                 lambda client=client: client.measure(1, 1),
                 lambda client=client: client.measure(1, 1),
             )
@@ -267,11 +249,5 @@ def _native_specs(
     return specs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from bench import run
-
-    return run.main(["--capabilities", "omni", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(kit.script_main("omni"))

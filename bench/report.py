@@ -62,7 +62,7 @@ def markdown(
             f"| {name} | {info.get('model', '')} | {info.get('elapsed_s', 0) / 60:.1f} "
             f"| {load_text(info.get('load', {}))} | {info.get('status', '')} |"
         )
-    lines += ["", "Goals (issues 4, 6, 12):", "", goals_table(evaluate_goals(cells))]
+    lines += ["", "Goals:", "", goals_table(evaluate_goals(cells))]
     lines += ["", "Ratios:", "", ratios_table(ratio_rows(cells))]
     lines += ["", "Figures (each the median of the runs):", "", cells_table(cells)]
     notes = list(meta.get("notes", []))

@@ -1,7 +1,7 @@
-"""The benchmark runner (issue 12): every capability served (direct and through Envoy) against the
-same model in-process (and, for vision, LitServe), at several concurrencies, on one machine in
-one run; a table of ratios, p50/p99 latencies, queue wait and batch sizes; each figure the
-median of repeated runs after warm-up.
+"""The benchmark runner: every capability served (direct and through Envoy) against the same
+model in-process (and, for vision, LitServe), at several concurrencies, on one machine in one
+run; a table of ratios, p50/p99 latencies, queue wait and batch sizes; each figure the median of
+repeated runs after warm-up.
 
     python -m bench.run                               # everything, CPU sizes (make bench)
     python -m bench.run --quick --capabilities vision # tiny models, 2 runs: a smoke run
@@ -11,7 +11,7 @@ median of repeated runs after warm-up.
     python -m bench.run --device cuda --compile --dry-run     # the GPU plan, without a GPU
 
 Capabilities: vision, t2i, vl, omni, edge (no model: what Envoy adds), clients (the Python SDK
-over the raw stubs, clients/bench/overhead.py).
+over the raw stubs). Each is a module bench/<capability>_bench.py.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
 from bench.harness import (
     CAPABILITIES,
@@ -59,7 +59,7 @@ MODULES = {
     "vl": "bench.vl_bench",
     "omni": "bench.omni_bench",
     "edge": "bench.edge_bench",
-    "clients": "clients.bench.overhead",
+    "clients": "bench.clients_bench",
 }
 RESULTS_MD = REPO / "bench" / "RESULTS.md"
 

@@ -205,7 +205,7 @@ def _divide(a: float, b: float) -> float:
     return a / b
 
 
-# --- goals (issues 4, 6, 12) ---------------------------------------------------------------------
+# --- goals ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,8 @@ def vision_goal_clients(cells: Sequence[Cell]) -> int:
 
 
 def goal_specs(vision_clients: int = 16) -> list[GoalSpec]:
-    """The goals of issues 4, 6 and 12, as figures of the cells the runner measures."""
+    """The goals the served path is held to (bench/RESULTS.md, "Goals"), as figures of the
+    cells the runner measures."""
     n = vision_clients
     return [
         GoalSpec(

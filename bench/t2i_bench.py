@@ -17,27 +17,17 @@ same).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
-from bench.harness import (
-    CellSpec,
-    Loop,
-    Plan,
-    closed_loop,
-    measure_rounds,
-    start_served,
-    timed_sequence,
-)
-from bench.stats import ENVOY, IN_PROCESS, SERVED, Cell, Run, Sample
+from bench import kit
 
 PROMPT = "a watercolor painting of a red fox in the snow"
 SEED = 1234
@@ -49,14 +39,13 @@ class InProcess:
     """The diffusers pipeline on the server's device and dtype (UNet compiled as the service
     compiles its denoiser), called on a dedicated thread like the executor's device thread."""
 
-    def __init__(self, folder: Path, plan: Plan) -> None:
+    def __init__(self, folder: Path, plan: kit.Plan) -> None:
         import torch
         from diffusers import StableDiffusionPipeline
 
-        from bench.vision_bench import torch_dtype
         from services.runtime.devices import maybe_compile
 
-        dtype = torch_dtype(plan.dtype)
+        dtype = kit.torch_dtype(plan.dtype)
         self.pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=dtype)
         self.pipe.to(plan.device)
         self.pipe.set_progress_bar_config(disable=True)
@@ -79,11 +68,11 @@ class InProcess:
             )
         return time.perf_counter() - started
 
-    def job(self, _index: int) -> tuple[Sample, float]:
-        return Sample(self.device.submit(self._job).result(), batch=1), 1.0
+    def job(self, _index: int) -> tuple[kit.Sample, float]:
+        return kit.Sample(self.device.submit(self._job).result(), batch=1), 1.0
 
-    def measure(self, jobs: int) -> Run:
-        return timed_sequence(self.job, jobs)
+    def measure(self, jobs: int) -> kit.Run:
+        return kit.timed_sequence(self.job, jobs)
 
     def close(self) -> None:
         self.device.shutdown()
@@ -105,22 +94,22 @@ def request(size: int, steps: int, every: int = 0) -> Any:
     )
 
 
-class GrpcClient:
-    def __init__(self, target: str, loop: Loop, size: int, steps: int) -> None:
+class GrpcClient(kit.ChannelClient):
+    def __init__(self, target: str, loop: kit.Loop, size: int, steps: int) -> None:
         from mmserve.t2i.v1 import t2i_pb2_grpc
 
-        self.loop, self.size, self.steps = loop, size, steps
-        self.channel = loop.channel(target)
+        super().__init__(target, loop)
+        self.size, self.steps = size, steps
         self.stub = t2i_pb2_grpc.ImageGenerationServiceStub(self.channel)
 
-    async def unary(self, _index: int) -> tuple[Sample, float]:
+    async def unary(self, _index: int) -> tuple[kit.Sample, float]:
         started = time.perf_counter()
         reply = await self.stub.TextToImage(request(self.size, self.steps), timeout=3600)
         assert reply.result.images[0].data.startswith(b"\x89PNG")
         usage = reply.result.usage
-        return Sample(time.perf_counter() - started, usage.queue_seconds, usage.batch_size), 1.0
+        return kit.Sample(time.perf_counter() - started, usage.queue_seconds, usage.batch_size), 1.0
 
-    async def stream(self, _index: int) -> tuple[Sample, float]:
+    async def stream(self, _index: int) -> tuple[kit.Sample, float]:
         started = time.perf_counter()
         previews, usage = 0, None
         message = request(self.size, self.steps, PREVIEW_EVERY)
@@ -131,25 +120,22 @@ class GrpcClient:
                 usage = event.result.usage
         assert previews == self.steps // PREVIEW_EVERY, previews
         assert usage is not None
-        return Sample(time.perf_counter() - started, usage.queue_seconds, usage.batch_size), 1.0
+        return kit.Sample(time.perf_counter() - started, usage.queue_seconds, usage.batch_size), 1.0
 
-    def measure(self, jobs: int, clients: int, streamed: bool = False) -> Run:
-        return self.loop.run(closed_loop(self.stream if streamed else self.unary, jobs, clients))
-
-    def close(self) -> None:
-        self.loop.run(self.channel.close())
+    def measure(self, jobs: int, clients: int, streamed: bool = False) -> kit.Run:
+        return self.run_closed_loop(self.stream if streamed else self.unary, jobs, clients)
 
 
-def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+def benchmark(
+    plan: kit.Plan, log: Callable[[str], None] = print
+) -> tuple[list[kit.Cell], list[str]]:
     from bench.models import t2i_model_dir
 
     folder = t2i_model_dir(plan.profile)
     size, steps = plan.sizes["t2i_size"], plan.sizes["t2i_steps"]
     levels = plan.concurrency["t2i"]
     notes = [f"t2i: {steps} steps at {size}x{size}, guidance {GUIDANCE}, DDIM; one job per client"]
-    loop = Loop()
-    closers: list[Callable[[], None]] = []
-    try:
+    with kit.teardown() as (loop, closers):
         log("t2i: loading the in-process pipeline and starting the server")
         local = InProcess(folder, plan)
         closers.append(local.close)
@@ -162,52 +148,41 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
             "--eta-base-seconds", "1",
             *plan.server_flags("t2i"),
         ]  # fmt: skip
-        server = start_served("t2i", args, envoy=plan.envoy)
+        server = kit.start_served("t2i", args, envoy=plan.envoy)
         closers.append(server.stop)
         clients = {p: GrpcClient(t, loop, size, steps) for p, t in server.targets().items()}
         closers += [c.close for c in clients.values()]
-        specs: list[CellSpec] = []
+        specs: list[kit.CellSpec] = []
         for n in levels:
             warm = n == levels[0]
             if plan.in_process_at("t2i", n):
                 specs.append(
-                    CellSpec(
-                        Cell("t2i", IN_PROCESS, n, "job"),
+                    kit.CellSpec(
+                        kit.Cell("t2i", kit.IN_PROCESS, n, "job"),
                         lambda n=n: local.measure(n),
                         None if warm else (lambda: None),
                     )
                 )
             for path, client in plan.paths_at("t2i", n, clients).items():
                 specs.append(
-                    CellSpec(
-                        Cell("t2i", path, n, "job", "unary"),
+                    kit.CellSpec(
+                        kit.Cell("t2i", path, n, "job", "unary"),
                         lambda n=n, client=client: client.measure(n, n),
                         None if warm else (lambda: None),
                     )
                 )
         specs.append(
-            CellSpec(
-                Cell("t2i", SERVED, 1, "job", f"stream, preview every {PREVIEW_EVERY}"),
-                lambda: clients[SERVED].measure(1, 1, streamed=True),
+            kit.CellSpec(
+                kit.Cell("t2i", kit.SERVED, 1, "job", f"stream, preview every {PREVIEW_EVERY}"),
+                lambda: clients[kit.SERVED].measure(1, 1, streamed=True),
             )
         )
-        order = {IN_PROCESS: 0, SERVED: 1, ENVOY: 2}
+        order = {kit.IN_PROCESS: 0, kit.SERVED: 1, kit.ENVOY: 2}
         specs.sort(key=lambda s: (s.cell.concurrency, s.cell.variant.startswith("stream"),
                                   order[s.cell.path]))  # fmt: skip
-        cells = measure_rounds(specs, plan.repeats_for("t2i"), log)
-    finally:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                close()
-        loop.close()
+        cells = kit.measure_rounds(specs, plan.repeats_for("t2i"), log)
     return cells, notes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from bench import run
-
-    return run.main(["--capabilities", "t2i", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(kit.script_main("t2i"))

@@ -32,19 +32,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
-from bench.harness import (
-    REPO,
-    CellSpec,
-    Loop,
-    Plan,
-    closed_loop,
-    measure_rounds,
-    start_served,
-)
-from bench.stats import ENVOY, IN_PROCESS, LITSERVE, SERVED, Cell, Run, Sample
+from bench import kit
 
 LITSERVE_BATCH = 16
 LITSERVE_BATCH_TIMEOUT = 0.01  # seconds; LitServe's docs use 0.01-0.05 for dynamic batching
@@ -79,12 +70,6 @@ def make_jpegs(count: int, size: tuple[int, int] = (640, 480)) -> list[bytes]:
 # --- in-process ---------------------------------------------------------------------------------
 
 
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 class InProcess:
     """The model card's recipe: PIL decode, processor, model, one call per batch; on the device
     and dtype the server uses, with its towers compiled as the service compiles them."""
@@ -94,7 +79,7 @@ class InProcess:
 
         from services.runtime.devices import maybe_compile
 
-        self.device, self.dtype = device, torch_dtype(dtype)
+        self.device, self.dtype = device, kit.torch_dtype(dtype)
         self.model = CLIPModel.from_pretrained(folder).eval().to(device, self.dtype)
         if compile:
             maybe_compile(self.model.vision_model, True)
@@ -111,7 +96,7 @@ class InProcess:
             features = self.model.get_image_features(pixel_values=pixels)
             return getattr(features, "pooler_output", features).float().cpu().numpy()
 
-    def measure(self, jpegs: Sequence[bytes], batch: int) -> Run:
+    def measure(self, jpegs: Sequence[bytes], batch: int) -> kit.Run:
         samples = []
         started = time.perf_counter()
         for start in range(0, len(jpegs), batch):
@@ -120,24 +105,23 @@ class InProcess:
             self.embed(chunk)
             took = time.perf_counter() - t0
             # Every image of a batch is done when the batch is: each gets the batch's latency.
-            samples += [Sample(took, batch=len(chunk)) for _ in chunk]
-        return Run(time.perf_counter() - started, len(jpegs), samples)
+            samples += [kit.Sample(took, batch=len(chunk)) for _ in chunk]
+        return kit.Run(time.perf_counter() - started, len(jpegs), samples)
 
 
 # --- served (gRPC) ------------------------------------------------------------------------------
 
 
-class GrpcClient:
+class GrpcClient(kit.ChannelClient):
     """EmbedImages with one JPEG per call, N concurrent callers on one grpc.aio channel."""
 
-    def __init__(self, target: str, loop: Loop) -> None:
+    def __init__(self, target: str, loop: kit.Loop) -> None:
         from mmserve.vision.v1 import vision_pb2_grpc
 
-        self.loop = loop
-        self.channel = loop.channel(target)
+        super().__init__(target, loop)
         self.stub = vision_pb2_grpc.VisionServiceStub(self.channel)
 
-    def measure(self, jpegs: Sequence[bytes], clients: int) -> Run:
+    def measure(self, jpegs: Sequence[bytes], clients: int) -> kit.Run:
         from mmserve.common.v1 import media_pb2
         from mmserve.vision.v1 import vision_pb2
 
@@ -148,16 +132,13 @@ class GrpcClient:
             for data in jpegs
         ]
 
-        async def call(index: int) -> tuple[Sample, float]:
+        async def call(index: int) -> tuple[kit.Sample, float]:
             t0 = time.perf_counter()
             reply = await self.stub.EmbedImages(requests[index], timeout=600)
             usage = reply.usage
-            return Sample(time.perf_counter() - t0, usage.queue_seconds, usage.batch_size), 1.0
+            return kit.Sample(time.perf_counter() - t0, usage.queue_seconds, usage.batch_size), 1.0
 
-        return self.loop.run(closed_loop(call, len(requests), clients))
-
-    def close(self) -> None:
-        self.loop.run(self.channel.close())
+        return self.run_closed_loop(call, len(requests), clients)
 
 
 # --- LitServe -----------------------------------------------------------------------------------
@@ -184,7 +165,7 @@ if ls is not None:
 
             if self.threads:
                 torch.set_num_threads(self.threads)
-            self.device, self.dtype = device, torch_dtype(self.dtype_name)
+            self.device, self.dtype = device, kit.torch_dtype(self.dtype_name)
             self.model = CLIPModel.from_pretrained(self.folder).eval().to(device, self.dtype)
             self.processor = AutoProcessor.from_pretrained(self.folder)
 
@@ -250,7 +231,7 @@ class LitClient:
     """LitServe in a subprocess; N client threads, each with a keep-alive HTTP connection,
     posting {"image": base64 JPEG} as JSON."""
 
-    def __init__(self, folder: Path, plan: Plan, log: Path) -> None:
+    def __init__(self, folder: Path, plan: kit.Plan, log: Path) -> None:
         self.port = free_port()
         command = [
             sys.executable, "-m", "bench.vision_bench", "--litserve-worker",
@@ -260,7 +241,7 @@ class LitClient:
             # Its own process group: LitServe spawns API and inference worker processes that
             # outlive a terminated parent, and close() must end them all.
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+                command, stdout=out, stderr=subprocess.STDOUT, cwd=kit.REPO, start_new_session=True
             )
         self.log = log
         self._wait_ready(600)
@@ -279,11 +260,11 @@ class LitClient:
                 time.sleep(0.2)
         raise TimeoutError(f"LitServe not ready in {timeout}s")
 
-    def measure(self, jpegs: Sequence[bytes], clients: int) -> Run:
+    def measure(self, jpegs: Sequence[bytes], clients: int) -> kit.Run:
         bodies = [json.dumps({"image": base64.b64encode(j).decode()}).encode() for j in jpegs]
         indexes = iter(range(len(bodies)))
         lock = threading.Lock()
-        samples: list[Sample] = []
+        samples: list[kit.Sample] = []
         errors: list[BaseException] = []
 
         def client() -> None:
@@ -303,7 +284,7 @@ class LitClient:
                         raise RuntimeError(f"LitServe answered {response.status}: {payload!r}")
                     json.loads(payload)
                     with lock:
-                        samples.append(Sample(time.perf_counter() - t0))
+                        samples.append(kit.Sample(time.perf_counter() - t0))
             except BaseException as exc:  # surfaced after join
                 errors.append(exc)
             finally:
@@ -317,7 +298,7 @@ class LitClient:
             worker.join()
         if errors:
             raise errors[0]
-        return Run(time.perf_counter() - started, len(jpegs), samples)
+        return kit.Run(time.perf_counter() - started, len(jpegs), samples)
 
     def close(self) -> None:
         group = self.process.pid  # the session leader's pid is the group id
@@ -333,7 +314,9 @@ class LitClient:
 # --- the benchmark ------------------------------------------------------------------------------
 
 
-def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+def benchmark(
+    plan: kit.Plan, log: Callable[[str], None] = print
+) -> tuple[list[kit.Cell], list[str]]:
     """Every vision cell of the plan, measured in interleaved rounds. Returns the cells and
     notes for the report."""
     from bench.models import vision_model_dir
@@ -347,13 +330,11 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
         f"vision: {len(jpegs)} distinct {width}x{height} JPEGs "
         f"(mean {sum(map(len, jpegs)) / len(jpegs) / 1024:.0f} KB); one image per served call"
     ]
-    loop = Loop()
-    closers: list[Callable[[], None]] = []
-    try:
+    with kit.teardown() as (loop, closers):
         log("vision: loading the in-process model and starting the server")
         local = InProcess(folder, plan.device, plan.dtype, plan.compile)
         args = ["--model", str(folder), *plan.server_flags("vision")]
-        server = start_served("vision", args, envoy=plan.envoy)
+        server = kit.start_served("vision", args, envoy=plan.envoy)
         closers.append(server.stop)
         clients = {path: GrpcClient(target, loop) for path, target in server.targets().items()}
         closers += [c.close for c in clients.values()]
@@ -368,18 +349,18 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
             local.measure(jpegs[:2], 1)
             local.measure(jpegs[: max(levels)], max(levels))
 
-        specs: list[CellSpec] = []
+        specs: list[kit.CellSpec] = []
         warmed: set[str] = set()
 
-        def add(path: str, clients_n: int, measure: Callable[[], Run], warm: Any) -> None:
+        def add(path: str, clients_n: int, measure: Callable[[], kit.Run], warm: Any) -> None:
             first = path not in warmed
             warmed.add(path)
-            cell = Cell("vision", path, clients_n, "img")
-            specs.append(CellSpec(cell, measure, warm if first else (lambda: None)))
+            cell = kit.Cell("vision", path, clients_n, "img")
+            specs.append(kit.CellSpec(cell, measure, warm if first else (lambda: None)))
 
         for n in levels:
             images = jpegs[: counts[n]]
-            add(IN_PROCESS, n, lambda images=images, n=n: local.measure(images, n), warm_local)
+            add(kit.IN_PROCESS, n, lambda images=images, n=n: local.measure(images, n), warm_local)
             for path, client in plan.paths_at("vision", n, clients).items():
                 add(
                     path,
@@ -389,22 +370,17 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
                 )
             if lit is not None:
                 add(
-                    LITSERVE,
+                    kit.LITSERVE,
                     n,
                     lambda images=images, n=n: lit.measure(images, n),
                     lambda: lit.measure(jpegs[: max(levels)], max(levels)),
                 )
-        cells = measure_rounds(_ordered(specs), plan.repeats_for("vision"), log)
-    finally:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                close()
-        loop.close()
+        cells = kit.measure_rounds(_ordered(specs), plan.repeats_for("vision"), log)
     return cells, notes
 
 
-def _ordered(specs: list[CellSpec]) -> list[CellSpec]:
-    order = {SERVED: 1, ENVOY: 2, IN_PROCESS: 0, LITSERVE: 3}
+def _ordered(specs: list[kit.CellSpec]) -> list[kit.CellSpec]:
+    order = {kit.SERVED: 1, kit.ENVOY: 2, kit.IN_PROCESS: 0, kit.LITSERVE: 3}
     return sorted(specs, key=lambda s: (s.cell.concurrency, order[s.cell.path]))
 
 
@@ -414,9 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder, port, threads, device, dtype = args[1:6]
         litserve_worker(folder, int(port), int(threads), device, dtype)
         return 0
-    from bench import run
-
-    return run.main(["--capabilities", "vision", *args])
+    return kit.script_main("vision", args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ same); `--in-process-child` is the internal entry point of the in-process proces
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -31,19 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
-from bench.harness import (
-    REPO,
-    CellSpec,
-    Loop,
-    Plan,
-    closed_loop,
-    measure_rounds,
-    start_served,
-)
-from bench.stats import ENVOY, IN_PROCESS, SERVED, TTFT_PROBE, Cell, Run, Sample
+from bench import kit
 
 PROMPT = "Describe this picture in detail."
 IMAGE_SIDE = 224
@@ -117,12 +107,11 @@ def child_main(folder: str, tokens: int, device: str, dtype_name: str, compile: 
 async def _child(folder: Path, tokens: int, device: str, dtype_name: str, compile: bool) -> None:
     # The server's shape: load and warm up via asyncio.to_thread (ServiceServer._load), then
     # generate on a dedicated one-thread executor (the executor's device thread).
-    from bench.vision_bench import torch_dtype
     from services.runtime.devices import maybe_compile
     from tests.vl.helpers import Reference
 
     chat = chat_request(tokens)
-    dtype = torch_dtype(dtype_name)
+    dtype = kit.torch_dtype(dtype_name)
     loop = asyncio.get_running_loop()
 
     def load() -> Any:
@@ -146,7 +135,7 @@ async def _child(folder: Path, tokens: int, device: str, dtype_name: str, compil
 class InProcess:
     """Talks to the child: one line "run" per request, one JSON line back."""
 
-    def __init__(self, folder: Path, plan: Plan, log: Path, tokens: int | None = None) -> None:
+    def __init__(self, folder: Path, plan: kit.Plan, log: Path, tokens: int | None = None) -> None:
         tokens = tokens or plan.sizes["vl_tokens"]
         command = [
             sys.executable, "-m", "bench.vl_bench", "--in-process-child", str(folder),
@@ -160,7 +149,7 @@ class InProcess:
                 stdout=subprocess.PIPE,
                 stderr=errors,
                 text=True,
-                cwd=REPO,
+                cwd=kit.REPO,
             )
         self._read()  # "ready" once loaded and warmed up
 
@@ -173,18 +162,16 @@ class InProcess:
             if line.startswith("{"):
                 return dict(json.loads(line))
 
-    def one(self, _index: int) -> tuple[Sample, float]:
+    def one(self, _index: int) -> tuple[kit.Sample, float]:
         assert self.process.stdin is not None
         self.process.stdin.write("run\n")
         self.process.stdin.flush()
         result = self._read()
         extra = {"ttft_ms": result["ttft_ms"], "decode_tps": result["decode_tps"]}
-        return Sample(result["latency_s"], batch=1, extra=extra), float(result["tokens"])
+        return kit.Sample(result["latency_s"], batch=1, extra=extra), float(result["tokens"])
 
-    def measure(self, requests: int) -> Run:
-        from bench.harness import timed_sequence
-
-        return timed_sequence(self.one, requests)
+    def measure(self, requests: int) -> kit.Run:
+        return kit.timed_sequence(self.one, requests)
 
     def close(self) -> None:
         if self.process.stdin is not None:
@@ -198,16 +185,15 @@ class InProcess:
 # --- served -------------------------------------------------------------------------------------
 
 
-class GrpcClient:
-    def __init__(self, target: str, loop: Loop, tokens: int) -> None:
+class GrpcClient(kit.ChannelClient):
+    def __init__(self, target: str, loop: kit.Loop, tokens: int) -> None:
         from tests.vl.helpers import stub
 
-        self.loop = loop
-        self.channel = loop.channel(target)
+        super().__init__(target, loop)
         self.stub = stub(self.channel)
         self.request = chat_request(tokens)
 
-    async def one(self, _index: int) -> tuple[Sample, float]:
+    async def one(self, _index: int) -> tuple[kit.Sample, float]:
         started = time.perf_counter()
         first = last = 0.0
         first_count = count = 0
@@ -227,17 +213,16 @@ class GrpcClient:
         assert first, "no text delta"
         decode = (count - first_count) / (last - first) if last > first else float("nan")
         extra = {"ttft_ms": (first - started) * 1000, "decode_tps": decode}
-        sample = Sample(ended - started, usage.queue_seconds, usage.batch_size, extra)
+        sample = kit.Sample(ended - started, usage.queue_seconds, usage.batch_size, extra)
         return sample, float(count)
 
-    def measure(self, requests: int, clients: int) -> Run:
-        return self.loop.run(closed_loop(self.one, requests, clients))
-
-    def close(self) -> None:
-        self.loop.run(self.channel.close())
+    def measure(self, requests: int, clients: int) -> kit.Run:
+        return self.run_closed_loop(self.one, requests, clients)
 
 
-def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+def benchmark(
+    plan: kit.Plan, log: Callable[[str], None] = print
+) -> tuple[list[kit.Cell], list[str]]:
     from bench.models import vl_model_dir
 
     tokens = plan.sizes["vl_tokens"]
@@ -250,75 +235,71 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
         "is measured after the first token"
         + ("; server with --batching" if plan.vl_batching else "; server single-flight")
     ]
-    loop = Loop()
-    closers: list[Callable[[], None]] = []
-    try:
+    with kit.teardown() as (loop, closers):
         log("vl: starting the server and the in-process child")
         args = ["--model", str(folder), *plan.server_flags("vl")]
-        server = start_served("vl", args, envoy=plan.envoy)
+        server = kit.start_served("vl", args, envoy=plan.envoy)
         closers.append(server.stop)
         local = InProcess(folder, plan, server.log_dir / "in-process.log")
         closers.append(local.close)
         clients = {p: GrpcClient(t, loop, tokens) for p, t in server.targets().items()}
         closers += [c.close for c in clients.values()]
-        specs: list[CellSpec] = []
+        specs: list[kit.CellSpec] = []
         for n in levels:
             first = n == levels[0]
             noop = None if first else (lambda: None)
             if plan.in_process_at("vl", n):
                 specs.append(
-                    CellSpec(
-                        Cell("vl", IN_PROCESS, n, "tok"),
+                    kit.CellSpec(
+                        kit.Cell("vl", kit.IN_PROCESS, n, "tok"),
                         lambda n=n: local.measure(n),
                         (lambda: local.measure(1)) if first else noop,
                     )
                 )
             for path, client in plan.paths_at("vl", n, clients).items():
                 specs.append(
-                    CellSpec(
-                        Cell("vl", path, n, "tok", "StreamChat"),
+                    kit.CellSpec(
+                        kit.Cell("vl", path, n, "tok", "StreamChat"),
                         lambda n=n, client=client: client.measure(n, n),
                         (lambda client=client: client.measure(1, 1)) if first else noop,
                     )
                 )
-        order = {IN_PROCESS: 0, SERVED: 1, ENVOY: 2}
+        order = {kit.IN_PROCESS: 0, kit.SERVED: 1, kit.ENVOY: 2}
         specs.sort(key=lambda s: (s.cell.concurrency, order[s.cell.path]))
         log("vl: starting the TTFT probe (tiny model: server and in-process child)")
         specs += _ttft_probe(plan, loop, closers)
         notes.append(
-            f"vl: {TTFT_PROBE}: the same request on the tiny Qwen2.5-VL (prefill in milliseconds), "
-            f"{PROBE_REQUESTS} requests of {PROBE_TOKENS} tokens per run, one client, served "
-            "straight to the port: what serving adds to time to first token, which the "
-            "CPU-size model's TTFT (+-100 ms from run to run) hides"
+            f"vl: {kit.TTFT_PROBE}: the same request on the tiny Qwen2.5-VL (prefill in "
+            f"milliseconds), {PROBE_REQUESTS} requests of {PROBE_TOKENS} tokens per run, one "
+            "client, served straight to the port: what serving adds to time to first token, "
+            "which the CPU-size model's TTFT (+-100 ms from run to run) hides"
         )
-        cells = measure_rounds(specs, plan.repeats_for("vl"), log)
-    finally:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                close()
-        loop.close()
+        cells = kit.measure_rounds(specs, plan.repeats_for("vl"), log)
     return cells, notes
 
 
-def _ttft_probe(plan: Plan, loop: Loop, closers: list[Callable[[], None]]) -> list[CellSpec]:
+def _ttft_probe(
+    plan: kit.Plan, loop: kit.Loop, closers: list[Callable[[], None]]
+) -> list[kit.CellSpec]:
     """In-process and served cells on the tiny model at one client: the difference of their
     TTFT is serving's share (decode, hops to the pool and the device thread, the stream)."""
     from bench.models import vl_model_dir
 
     folder = vl_model_dir("tiny")
     args = ["--model", str(folder), *plan.server_flags("vl")]
-    server = start_served("vl", args, envoy=False)
+    server = kit.start_served("vl", args, envoy=False)
     closers.append(server.stop)
     local = InProcess(folder, plan, server.log_dir / "in-process-probe.log", PROBE_TOKENS)
     closers.append(local.close)
-    client = GrpcClient(server.targets()[SERVED], loop, PROBE_TOKENS)
+    client = GrpcClient(server.targets()[kit.SERVED], loop, PROBE_TOKENS)
     closers.append(client.close)
     return [
-        CellSpec(
-            Cell("vl", IN_PROCESS, 1, "tok", TTFT_PROBE), lambda: local.measure(PROBE_REQUESTS)
+        kit.CellSpec(
+            kit.Cell("vl", kit.IN_PROCESS, 1, "tok", kit.TTFT_PROBE),
+            lambda: local.measure(PROBE_REQUESTS),
         ),
-        CellSpec(
-            Cell("vl", SERVED, 1, "tok", TTFT_PROBE),
+        kit.CellSpec(
+            kit.Cell("vl", kit.SERVED, 1, "tok", kit.TTFT_PROBE),
             lambda: client.measure(PROBE_REQUESTS, 1),
         ),
     ]
@@ -330,9 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder, tokens, device, dtype, compile = args[1:6]
         child_main(folder, int(tokens), device, dtype, compile == "1")
         return 0
-    from bench import run
-
-    return run.main(["--capabilities", "vl", *args])
+    return kit.script_main("vl", args)
 
 
 if __name__ == "__main__":

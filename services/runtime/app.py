@@ -8,15 +8,18 @@ wait accounting and heartbeats are handled here once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from mmserve.common.v1 import job_pb2, model_pb2
+from PIL import Image
+
+from mmserve.common.v1 import job_pb2, media_pb2, model_pb2
 from services.runtime import errors, job_protos
 from services.runtime.calls import JOB_ID_HEADER, current_call
 from services.runtime.config import ServiceSettings
@@ -34,10 +37,18 @@ from services.runtime.executor import (
     JobUsage,
     SingleFlightExecutor,
 )
+from services.runtime.images import MAX_ASPECT_RATIO, ImageLimits
+from services.runtime.media import UriPolicy, load_image
 from services.runtime.metrics import ServiceMetrics
+from services.runtime.operations import Inline, OperationTable
+
+if TYPE_CHECKING:
+    from services.runtime.pipeline import Pipeline
 
 log = logging.getLogger("mmserve.runtime")
 T = TypeVar("T")
+E = TypeVar("E", bound=Engine)
+S = TypeVar("S", bound=ServiceSettings)
 
 SERVER_VERSION = "0.1.0"
 
@@ -98,6 +109,48 @@ class ServiceRuntime:
         self.state = ModelState.LOADING
         self.load_error = ""
         self.load_seconds = 0.0
+        # The capability's operations, set by the server before loading starts.
+        self.pipeline: Pipeline | None = None
+        # What every capability accepts as media, from the shared settings.
+        self.image_limits = ImageLimits(
+            max_pixels=settings.max_image_pixels,
+            max_side=settings.max_image_side,
+            max_bytes=settings.max_message_mb * 1024 * 1024,
+            max_aspect_ratio=MAX_ASPECT_RATIO,
+        )
+        self.uri_policy = UriPolicy(tuple(settings.allowed_uri_prefixes))
+
+    def engine_as(self, cls: type[E]) -> E:
+        """The engine, typed for the capability's operations."""
+        if not isinstance(self.engine, cls):
+            raise TypeError(
+                f"{self.capability} needs a {cls.__name__}, got {type(self.engine).__name__}"
+            )
+        return self.engine
+
+    def settings_as(self, cls: type[S]) -> S:
+        """The settings, typed for the capability's operations."""
+        if not isinstance(self.settings, cls):
+            raise TypeError(
+                f"{self.capability} needs {cls.__name__}, got {type(self.settings).__name__}"
+            )
+        return self.settings
+
+    def load_image(
+        self,
+        image: media_pb2.Image,
+        field: str,
+        *,
+        max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+    ) -> Image.Image:
+        """Bytes (or an allowed URI) -> a checked RGB image, within the service's limits.
+        `max_aspect_ratio=None` for a capability that resizes every input to a size of its own
+        (image-to-image), where an elongated input costs nothing. Decoding is CPU work: call it
+        from `prepare` (the CPU pool)."""
+        limits = self.image_limits
+        if max_aspect_ratio != limits.max_aspect_ratio:
+            limits = dataclasses.replace(limits, max_aspect_ratio=max_aspect_ratio)
+        return load_image(image, field=field, policy=self.uri_policy, limits=limits)
 
     # --- readiness ---
     def ensure_ready(self) -> None:
@@ -125,6 +178,8 @@ class ServiceRuntime:
             self.load_seconds = time.monotonic() - started
         for kind, operation in self.engine.batch_operations().items():
             self.executor.register_batch(kind, operation.fn, operation.spec)
+        if self.pipeline is not None:
+            self.pipeline.register_batches()
         info = self.engine.info()
         self.metrics.set_model(info.family, info.model_id, info.device, info.dtype)
         self.metrics.model_load_seconds.set(self.load_seconds)
@@ -274,7 +329,9 @@ class ServiceRuntime:
             base.attention_implementation = info.attention_implementation
             base.compiled = info.compiled
             base.capabilities.extend(info.capabilities)
-            batches = self.engine.batch_operations()
+            batches = set(self.engine.batch_operations())
+            if self.pipeline is not None:
+                batches |= self.pipeline.batched_kinds
             if batches:
                 base.max_batch_size = max(
                     self.executor.effective_max_batch(kind) for kind in batches
@@ -302,6 +359,27 @@ class JobsServicerMixin:
             _job_id(request), "cancelled by CancelJob", owner=_caller()
         )
         return job_pb2.CancelJobResponse(job=job_protos.job(snapshot))
+
+
+class GetJob(Inline):
+    async def respond(self, message: job_pb2.GetJobRequest, context: Any) -> job_pb2.GetJobResponse:
+        snapshot = self.runtime.executor.get(_job_id(message), owner=_caller())
+        return job_pb2.GetJobResponse(job=job_protos.job(snapshot))
+
+
+class CancelJob(Inline):
+    async def respond(
+        self, message: job_pb2.CancelJobRequest, context: Any
+    ) -> job_pb2.CancelJobResponse:
+        snapshot = self.runtime.executor.cancel(
+            _job_id(message), "cancelled by CancelJob", owner=_caller()
+        )
+        return job_pb2.CancelJobResponse(job=job_protos.job(snapshot))
+
+
+def job_handlers(runtime: ServiceRuntime) -> OperationTable:
+    """GetJob and CancelJob, the same in every capability's table."""
+    return {"GetJob": GetJob(runtime), "CancelJob": CancelJob(runtime)}
 
 
 def _caller() -> str:

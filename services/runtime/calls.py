@@ -45,8 +45,3 @@ def bind_call(info: CallInfo) -> contextvars.Token[CallInfo | None]:
 
 def unbind_call(token: contextvars.Token[CallInfo | None]) -> None:
     _current.reset(token)
-
-
-def current_request_id() -> str:
-    info = _current.get()
-    return info.request_id if info else ""

@@ -77,6 +77,29 @@ class InvalidArgument(ServingError):
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
 
+class Violations:
+    """Collects a request's field violations so that one reply names every bad field, not only
+    the first one a client would otherwise fix, resend and trip over the next."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def take(self, error: InvalidArgument) -> None:
+        """Adds the violations of an InvalidArgument raised by a nested check."""
+        self.items.extend(error.violations or [FieldViolation("", error.message)])
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            summary = "; ".join(f"{v.field}: {v.description}" for v in self.items)
+            raise InvalidArgument(f"invalid request: {summary}", self.items)
+
+
 class FailedPrecondition(ServingError):
     """The request is well formed but this model or state cannot serve it."""
 

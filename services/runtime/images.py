@@ -38,6 +38,12 @@ _ORIENTATION_TAG = 0x0112
 _WHITE = (255, 255, 255, 255)
 
 
+# The most elongated image any capability takes (longest side over shortest). Processors that
+# resize the shortest side (CLIP, DINO, Qwen's smart_resize) turn a 16384x1 image, a few bytes of
+# PNG, into gigabytes of floats or an error; 200:1 keeps every real photo and panorama.
+MAX_ASPECT_RATIO = 200
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """What a service accepts; the defaults suit models that resize to at most a few MP."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from google.protobuf import timestamp_pb2
 
 from mmserve.common.v1 import job_pb2
@@ -12,7 +14,6 @@ from services.runtime.executor import (
     JobQueued,
     JobSnapshot,
     JobState,
-    JobUsage,
 )
 from services.runtime.status import code_of
 
@@ -56,7 +57,18 @@ def heartbeat(event: JobHeartbeat) -> job_pb2.Heartbeat:
     return job_pb2.Heartbeat(state=job_state(event.state), elapsed_seconds=event.elapsed_seconds)
 
 
-def usage(value: JobUsage, *, input_tokens: int = 0, output_tokens: int = 0) -> job_pb2.Usage:
+class Timing(Protocol):
+    """What a usage message needs of a job's or a call's usage (JobUsage, operations.Usage)."""
+
+    @property
+    def queue_seconds(self) -> float: ...
+    @property
+    def run_seconds(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+
+
+def usage(value: Timing, *, input_tokens: int = 0, output_tokens: int = 0) -> job_pb2.Usage:
     return job_pb2.Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,

@@ -19,11 +19,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.runtime.app import ModelState, ServiceRuntime
+from services.runtime.app import ModelState, ServiceRuntime, job_handlers
 from services.runtime.config import ConfigError, ServiceSettings, load_settings
 from services.runtime.engine import Engine
 from services.runtime.interceptors import ServingInterceptor
 from services.runtime.logs import configure_logging
+from services.runtime.operations import OperationTable
+from services.runtime.pipeline import Pipeline, add_operations, service_descriptor
 from services.runtime.security import KeyStore, RateLimiter
 from services.runtime.threads import apply_gil_switch_interval, apply_openmp_wait_policy
 
@@ -32,13 +34,19 @@ log = logging.getLogger("mmserve.server")
 
 @dataclass(frozen=True)
 class Capability:
-    """What a capability folder provides to be served: nothing else is needed."""
+    """What a capability folder provides to be served: nothing else is needed.
+
+    `operations` builds the table from each RPC of the service to the operation that answers
+    it (services.runtime.operations); the runtime adds GetJob and CancelJob. It is called once
+    the runtime exists (the engine is made, not loaded) and may import the capability's model
+    code: `--help` and config errors never reach it."""
 
     name: str  # "vision"
     service_names: tuple[str, ...]  # full proto service names; also the health service names
     settings_cls: type[ServiceSettings]
     create_engine: Callable[[ServiceSettings], Engine]
-    add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None]
+    add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None] | None = None
+    operations: Callable[[ServiceRuntime], OperationTable] | None = None
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -78,7 +86,13 @@ class ServiceServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        capability.add_servicers(self.server, self.runtime)
+        if capability.operations is not None:
+            table = {**job_handlers(self.runtime), **capability.operations(self.runtime)}
+            pipeline = Pipeline(self.runtime, table)
+            self.runtime.pipeline = pipeline
+            add_operations(self.server, pipeline, service_descriptor(capability.service_names[0]))
+        elif capability.add_servicers is not None:
+            capability.add_servicers(self.server, self.runtime)
         if settings.reflection:
             reflection.enable_server_reflection(
                 (*capability.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -122,7 +136,7 @@ class ServiceServer:
         self._load_task = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
-        await asyncio.to_thread(self.runtime.load)
+        await self.runtime.executor.run_on_device(self.runtime.load)
         if self.runtime.state is ModelState.READY:
             await self._set_health(True)
             log.info(json.dumps({"event": "serving", "capability": self.capability.name}))

@@ -1,12 +1,11 @@
-"""The t2i capability as the runtime serves it: settings, engine and servicer."""
+"""The t2i capability as the runtime serves it: settings, engine and operation table."""
 
 from __future__ import annotations
-
-import grpc
 
 from services.runtime.app import ServiceRuntime
 from services.runtime.config import ServiceSettings
 from services.runtime.engine import Engine
+from services.runtime.operations import OperationTable
 from services.runtime.server import Capability
 from services.t2i.config import T2ISettings
 
@@ -23,10 +22,10 @@ def create_engine(settings: ServiceSettings) -> Engine:
     return T2IEngine(settings)
 
 
-def add_servicers(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
-    from services.t2i.servicer import add_servicers as add
+def operations(runtime: ServiceRuntime) -> OperationTable:
+    from services.t2i.operations import operations as table
 
-    add(server, runtime)
+    return table(runtime)
 
 
 CAPABILITY = Capability(
@@ -34,5 +33,5 @@ CAPABILITY = Capability(
     service_names=(SERVICE_NAME,),
     settings_cls=T2ISettings,
     create_engine=create_engine,
-    add_servicers=add_servicers,
+    operations=operations,
 )

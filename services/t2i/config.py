@@ -29,7 +29,8 @@ class T2ISettings(ServiceSettings):
     # --- model ---
     tiny_model: TinyFamily = Field(
         "stable_diffusion",
-        description="Built-in tiny random-weight pipeline served when `model` is empty.",
+        description="Deprecated: use --model builtin:<family>. The built-in tiny random-weight "
+        "pipeline served when `model` is empty.",
     )
     variant: str | None = Field(
         None, description="Weights variant to load, e.g. fp16 (files named *.fp16.safetensors)."

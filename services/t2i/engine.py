@@ -1,10 +1,10 @@
 """The t2i engine: one diffusers pipeline on one device, run on the executor's device thread.
 
-It knows nothing of gRPC. The servicer turns requests into a `GenerationPlan` (validated
-against `limits` before queueing), submits `generate` as a job, and encodes the returned PIL
-images in the CPU pool. During a job, `callback_on_step_end` reports each step, emits previews
-every N steps, and checks the job's cancel token, so a cancelled or timed-out job stops at the
-next step instead of running to the end.
+It knows nothing of gRPC. The operations (services.t2i.operations) turn requests into a
+`GenerationPlan` (validated against `limits` before queueing), run `generate` as a job, and
+encode the returned PIL images in the CPU pool. During a job, `callback_on_step_end` reports
+each step, emits previews every N steps, and checks the job's cancel token, so a cancelled or
+timed-out job stops at the next step instead of running to the end.
 """
 
 from __future__ import annotations
@@ -313,7 +313,7 @@ class _StepState:
             elapsed = time.monotonic() - self.started
             eta = elapsed / step * max(0, total - step)
             rgb = self.previewer.rgb(latents, self.plan.height, self.plan.width)
-            # Emitted before the progress event; the servicer sends one step event with both.
+            # Emitted before the progress event; the stream sends one step event with both.
             self.ctx.emit(PreviewFrame(step, total, elapsed, eta, rgb))
         self.ctx.progress(step, total)
         return {}

@@ -18,15 +18,11 @@ import diffusers
 import torch
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
 
+from services.runtime.builtin import ResolvedModel, deprecated_spelling, resolve_model
 from services.runtime.devices import TorchOptions, maybe_compile
-from services.runtime.model_source import (
-    ModelFamily,
-    ModelSource,
-    discover_family,
-    resolve_model_dir,
-)
+from services.runtime.model_source import ModelFamily, discover_family
+from services.t2i.builtin import BUILTINS
 from services.t2i.config import T2ISettings
-from services.t2i.tiny import tiny_model_dir
 
 log = logging.getLogger("mmserve.t2i.loader")
 
@@ -47,22 +43,19 @@ class LoadedPipelines:
     model_id: str
 
 
-def model_folder(settings: T2ISettings) -> tuple[Path, str]:
-    """The local folder of the configured model and how to name it; the built-in tiny model
-    when none is configured."""
-    if not settings.model:
-        folder = tiny_model_dir(settings.tiny_model)
-        return folder, f"tiny-{settings.tiny_model} (built-in, random weights)"
-    source = ModelSource(
-        settings.model,
-        revision=settings.revision,
-        cache_dir=str(settings.cache_dir) if settings.cache_dir else None,
-    )
-    return resolve_model_dir(source, allow_download=settings.allow_download), settings.model
+def resolved_model(settings: T2ISettings) -> ResolvedModel:
+    """Where the configured model is: `--model` (a folder, a hub id or `builtin:<family>`), the
+    default built-in when empty. The older `tiny_model` setting still picks a built-in when
+    `model` is empty, and says how to spell it now."""
+    if not settings.model and settings.tiny_model != BUILTINS.default:
+        spelled = deprecated_spelling(f"tiny_model {settings.tiny_model!r}", settings.tiny_model)
+        settings = settings.model_copy(update={"model": spelled})
+    return resolve_model(settings, BUILTINS)
 
 
 def load_pipelines(settings: T2ISettings, options: TorchOptions) -> LoadedPipelines:
-    folder, model_id = model_folder(settings)
+    resolved = resolved_model(settings)
+    folder, model_id = resolved.folder, resolved.model_id
     family = discover_family(folder)
     if family.library != "diffusers":
         raise ValueError(

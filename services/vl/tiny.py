@@ -124,6 +124,9 @@ def _build(folder: Path, spec: dict[str, Any]) -> None:
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
+build_model = _build  # the builder by its public name (spec: "family", and "size" as in SIZES)
+
+
 def _rope(size: dict[str, int]) -> dict[str, Any]:
     # Multimodal RoPE splits each head's rotary half into temporal/height/width sections in
     # Qwen's 2:3:3 proportion (16/24/24 of 64 in the real models).

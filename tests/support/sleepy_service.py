@@ -12,19 +12,28 @@ from __future__ import annotations
 import io
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from PIL import Image
 from pydantic import Field
 
 from mmserve.common.v1 import media_pb2
-from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
+from mmserve.t2i.v1 import t2i_pb2
 from services.runtime import errors, job_protos
-from services.runtime.app import JobsServicerMixin, ServiceRuntime, fill_job_event
+from services.runtime.app import ServiceRuntime
 from services.runtime.config import ServiceSettings
 from services.runtime.engine import Engine, EngineInfo
-from services.runtime.executor import JobContext, JobFinished, JobProgress
+from services.runtime.executor import JobContext, JobProgress
+from services.runtime.operations import (
+    CallFacts,
+    Inline,
+    NotServed,
+    Operation,
+    OperationTable,
+    StreamRenderer,
+    Usage,
+)
 from services.runtime.server import Capability, main
 
 SERVICE = "mmserve.t2i.v1.ImageGenerationService"
@@ -73,51 +82,73 @@ class SleepyEngine(Engine):
         return buffer.getvalue()
 
 
-class SleepyServicer(JobsServicerMixin, t2i_pb2_grpc.ImageGenerationServiceServicer):
-    def __init__(self, runtime: ServiceRuntime) -> None:
-        self.runtime = runtime
-        self.engine: SleepyEngine = runtime.engine  # type: ignore[assignment]
+@dataclass(frozen=True)
+class SleepyRequest:
+    prompt: str
+    steps: int
+    size: int
 
-    def _job(self, request: t2i_pb2.TextToImageRequest) -> Any:
-        params = request.params
+
+class Generate(Operation[SleepyRequest, SleepyRequest, bytes]):
+    """TextToImage and StreamTextToImage: sleeps `steps` times, then a PNG."""
+
+    kind = "text_to_image"
+
+    def parse(self, message: t2i_pb2.TextToImageRequest, call: CallFacts) -> SleepyRequest:
+        params = message.params
+        problems = errors.Violations()
         if not params.prompt:
-            raise errors.InvalidArgument.for_field("params.prompt", "must not be empty")
+            problems.add("params.prompt", "must not be empty")
         size = params.width if params.HasField("width") else 8
         if size > 64:
-            raise errors.InvalidArgument.for_field("params.width", "must be <= 64")
+            problems.add("params.width", "must be <= 64")
+        problems.raise_if_any()
         steps = params.num_inference_steps if params.HasField("num_inference_steps") else 4
-        return lambda ctx: self.engine.generate(ctx, params.prompt, steps, size)
+        return SleepyRequest(params.prompt, steps, size)
 
-    def _result(self, png: bytes, usage: Any) -> t2i_pb2.GenerationResult:
-        return t2i_pb2.GenerationResult(
-            images=[media_pb2.Image(data=png, format=media_pb2.IMAGE_FORMAT_PNG)],
-            usage=job_protos.usage(usage),
-        )
+    def run(self, prepared: SleepyRequest, ctx: JobContext) -> bytes:
+        engine: SleepyEngine = self.runtime.engine  # type: ignore[assignment]
+        return engine.generate(ctx, prepared.prompt, prepared.steps, prepared.size)
 
-    async def TextToImage(self, request: t2i_pb2.TextToImageRequest, context: Any) -> Any:
-        png, usage = await self.runtime.run_job(context, "text_to_image", self._job(request))
-        return t2i_pb2.TextToImageResponse(result=self._result(png, usage))
+    async def render(self, result: bytes, usage: Usage) -> t2i_pb2.TextToImageResponse:
+        return t2i_pb2.TextToImageResponse(result=_result(result, usage))
 
-    async def StreamTextToImage(self, request: t2i_pb2.TextToImageRequest, context: Any) -> Any:
-        stream = self.runtime.stream_job(context, "text_to_image", self._job(request))
-        async for job_id, event in stream:
-            reply = t2i_pb2.StreamTextToImageResponse()
-            if fill_job_event(reply, job_id, event):
-                pass
-            elif isinstance(event, JobProgress):
-                reply.step.progress.CopyFrom(job_protos.progress(event))
-            elif isinstance(event, JobFinished):
-                reply.result.CopyFrom(self._result(event.result, event.usage))
-            else:
-                continue
-            yield reply
+    def stream_renderer(self, prepared: SleepyRequest) -> StreamRenderer[bytes]:
+        return _Steps()
 
-    async def GetModelInfo(self, request: t2i_pb2.GetModelInfoRequest, context: Any) -> Any:
+
+class _Steps(StreamRenderer[bytes]):
+    async def progress(self, event: JobProgress) -> t2i_pb2.StreamTextToImageResponse:
+        reply = t2i_pb2.StreamTextToImageResponse()
+        reply.step.progress.CopyFrom(job_protos.progress(event))
+        return reply
+
+    async def done(self, result: bytes, usage: Usage) -> t2i_pb2.StreamTextToImageResponse:
+        return t2i_pb2.StreamTextToImageResponse(result=_result(result, usage))
+
+
+def _result(png: bytes, usage: Usage) -> t2i_pb2.GenerationResult:
+    return t2i_pb2.GenerationResult(
+        images=[media_pb2.Image(data=png, format=media_pb2.IMAGE_FORMAT_PNG)],
+        usage=job_protos.usage(usage),
+    )
+
+
+class ModelInfo(Inline):
+    async def respond(self, message: Any, context: Any) -> t2i_pb2.GetModelInfoResponse:
         return t2i_pb2.GetModelInfoResponse(model_info=self.runtime.model_info())
 
 
-def _add(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
-    t2i_pb2_grpc.add_ImageGenerationServiceServicer_to_server(SleepyServicer(runtime), server)
+def operations(runtime: ServiceRuntime) -> OperationTable:
+    """The sleepy service's table: image-to-image is not served."""
+    generate = Generate(runtime)
+    return {
+        "TextToImage": generate,
+        "StreamTextToImage": generate,
+        "ImageToImage": NotServed("the sleepy service only generates"),
+        "StreamImageToImage": NotServed("the sleepy service only generates"),
+        "GetModelInfo": ModelInfo(runtime),
+    }
 
 
 CAPABILITY = Capability(
@@ -125,7 +156,7 @@ CAPABILITY = Capability(
     service_names=(SERVICE,),
     settings_cls=SleepySettings,
     create_engine=lambda settings: SleepyEngine(settings),  # type: ignore[arg-type]
-    add_servicers=_add,
+    operations=operations,
 )
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.t2i.tiny import tiny_model_dir
+from services.t2i.builtin import tiny_model_dir
 
 # One intra-op thread: the tiny models gain nothing from more, and the server's device thread
 # and the test's reference pipeline then compute with the same reduction order.

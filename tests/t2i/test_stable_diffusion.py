@@ -349,3 +349,18 @@ async def test_model_info_reports_family_limits_and_scheduler(stub) -> None:
     assert limits.max_prompt_tokens == 77
     assert limits.supports_image_to_image
     assert limits.supports_negative_prompt
+
+
+async def test_image_to_image_reports_request_and_image_problems_together(stub) -> None:
+    # Problems parsing finds and problems only the decoded image reveals share one reply.
+    image = solid_png((64, 64), (1, 2, 3))
+    cases = [
+        (_i2i(b"not an image at all", output_quality=0), {"image.data", "params.output_quality"}),
+        (_i2i(image, strength=1.5, width=100), {"strength", "params.width"}),
+        (_i2i(None, output_format=42), {"image", "params.output_format"}),
+    ]
+    for request, fields in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ImageToImage(request, timeout=WAIT)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(field_violations(caught.value)) == fields

@@ -52,10 +52,6 @@ def sniff_image_format(data: bytes) -> ImageFormat:
     return media_pb2.IMAGE_FORMAT_UNSPECIFIED
 
 
-def looks_like_image(data: bytes) -> bool:
-    return sniff_image_format(data) != media_pb2.IMAGE_FORMAT_UNSPECIFIED
-
-
 def format_number(name: str) -> ImageFormat:
     """ImageFormat for "png", "jpeg"/"jpg" or "webp"."""
     try:

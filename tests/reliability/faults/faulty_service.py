@@ -24,15 +24,12 @@ import os
 import sys
 import time
 
-import grpc
 from PIL import Image
 from pydantic import Field
 
-from mmserve.t2i.v1 import t2i_pb2_grpc
-from services.runtime.app import ServiceRuntime
 from services.runtime.executor import JobContext
 from services.runtime.server import Capability, main
-from tests.support.sleepy_service import SleepyEngine, SleepyServicer, SleepySettings
+from tests.support.sleepy_service import SleepyEngine, SleepySettings, operations
 
 
 class FaultySettings(SleepySettings):
@@ -76,16 +73,12 @@ class FaultyEngine(SleepyEngine):
         return buffer.getvalue()
 
 
-def _add(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
-    t2i_pb2_grpc.add_ImageGenerationServiceServicer_to_server(SleepyServicer(runtime), server)
-
-
 CAPABILITY = Capability(
     name="faulty",
     service_names=("mmserve.t2i.v1.ImageGenerationService",),
     settings_cls=FaultySettings,
     create_engine=lambda settings: FaultyEngine(settings),  # type: ignore[arg-type]
-    add_servicers=_add,
+    operations=operations,
 )
 
 if __name__ == "__main__":

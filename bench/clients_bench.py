@@ -1,38 +1,25 @@
-"""What the SDK costs on top of the generated stubs: latency of the same calls made with the raw
-stubs and with the SDK (sync and asyncio, unary with and without `on_job`, streams), against
-the sleepy test service with no sleep per step, so the numbers are client + gRPC overhead.
-
-Part of the benchmark runner (`python -m bench.run --capabilities clients`); this file run as a
-script is the same:
-
-    .venv/bin/python clients/bench/overhead.py            # or --quick, --repeats N, --json -
+"""clients benchmark: what the SDK costs on top of the generated stubs: latency of the same calls
+made with the raw stubs and with the SDK (sync and asyncio, unary with and without `on_job`,
+streams), against the sleepy test service with no sleep per step, so the numbers are client +
+gRPC overhead.
 
 Every figure is the median of repeated runs; each run is a number of sequential calls.
+
+Part of the runner: `python -m bench.run --capabilities clients` (this file run as a script is
+the same).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-for _path in (str(REPO), str(REPO / "clients" / "python")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
-from bench.harness import (  # noqa: E402
-    CellSpec,
-    Loop,
-    Plan,
-    closed_loop,
-    measure_rounds,
-    start_served,
-    timed_sequence,
-)
-from bench.stats import SERVED, Cell, Run, Sample  # noqa: E402
+from bench import kit
 
 STEPS = 4
 
@@ -45,29 +32,33 @@ def request() -> Any:
     )
 
 
-def _sync(fn: Callable[[], object], calls: int) -> Callable[[], Run]:
+def _sync(fn: Callable[[], object], calls: int) -> Callable[[], kit.Run]:
     import time
 
-    def one(_index: int) -> tuple[Sample, float]:
+    def one(_index: int) -> tuple[kit.Sample, float]:
         started = time.perf_counter()
         fn()
-        return Sample(time.perf_counter() - started), 1.0
+        return kit.Sample(time.perf_counter() - started), 1.0
 
-    return lambda: timed_sequence(one, calls)
+    return lambda: kit.timed_sequence(one, calls)
 
 
-def _async(loop: Loop, fn: Callable[[], Awaitable[object]], calls: int) -> Callable[[], Run]:
+def _async(
+    loop: kit.Loop, fn: Callable[[], Awaitable[object]], calls: int
+) -> Callable[[], kit.Run]:
     import time
 
-    async def one(_index: int) -> tuple[Sample, float]:
+    async def one(_index: int) -> tuple[kit.Sample, float]:
         started = time.perf_counter()
         await fn()
-        return Sample(time.perf_counter() - started), 1.0
+        return kit.Sample(time.perf_counter() - started), 1.0
 
-    return lambda: loop.run(closed_loop(one, calls, 1))
+    return lambda: loop.run(kit.closed_loop(one, calls, 1))
 
 
-def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell], list[str]]:
+def benchmark(
+    plan: kit.Plan, log: Callable[[str], None] = print
+) -> tuple[list[kit.Cell], list[str]]:
     import grpc
 
     from mmserve.t2i.v1 import t2i_pb2_grpc
@@ -78,10 +69,8 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
         f"clients: {calls} sequential calls per run against the sleepy test engine (0 s steps), "
         "straight to the server; variants are the client API used"
     ]
-    loop = Loop()
-    closers: list[Callable[[], None]] = []
-    try:
-        server = start_served(
+    with kit.teardown() as (loop, closers):
+        server = kit.start_served(
             "edge", ["--step-seconds", "0"], module="tests.support.sleepy_service", envoy=False
         )
         closers.append(server.stop)
@@ -102,7 +91,7 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
             async for _ in async_client.stream_generate("bench", steps=STEPS):
                 pass
 
-        variants: dict[str, Callable[[], Run]] = {
+        variants: dict[str, Callable[[], kit.Run]] = {
             "raw stub, unary": _sync(lambda: stub.TextToImage(request()), calls),
             "raw stub, stream (4 steps)": _sync(
                 lambda: list(stub.StreamTextToImage(request())), calls
@@ -120,23 +109,12 @@ def benchmark(plan: Plan, log: Callable[[str], None] = print) -> tuple[list[Cell
             "SDK asyncio, stream_generate (4 steps)": _async(loop, async_stream, calls),
         }
         specs = [
-            CellSpec(Cell("clients", SERVED, 1, "call", name), measure)
+            kit.CellSpec(kit.Cell("clients", kit.SERVED, 1, "call", name), measure)
             for name, measure in variants.items()
         ]
-        cells = measure_rounds(specs, plan.repeats, log)
-    finally:
-        for close in reversed(closers):
-            with contextlib.suppress(Exception):
-                close()
-        loop.close()
+        cells = kit.measure_rounds(specs, plan.repeats, log)
     return cells, notes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from bench import run
-
-    return run.main(["--capabilities", "clients", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(kit.script_main("clients"))

@@ -1,0 +1,316 @@
+"""The one request pipeline: answers every RPC of a capability from its operation table.
+
+For a job-running operation a call goes: readiness check, `parse` on the loop, `prepare` on the
+CPU pool, a job on the executor (plain or micro-batched, split into device-sized parts when the
+operation says so), then `render`. Streams add the events every capability shares (accepted with
+the job id, queue position and ETA, heartbeats) and the operation's own (progress, output,
+completion, and what a cancelled job got to). Deadlines, client cancellation, the job-id header
+and usage are the runtime's (`ServiceRuntime.run_job` / `stream_job`); the gRPC method handlers
+are built here from the service descriptor, so a servicer is nothing but its table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
+
+from services.runtime.app import Accepted, fill_job_event
+from services.runtime.errors import JobCancelled, Unimplemented
+from services.runtime.executor import (
+    ExpectedJob,
+    JobFinished,
+    JobHeartbeat,
+    JobOutput,
+    JobProgress,
+    JobQueued,
+    JobUsage,
+)
+from services.runtime.operations import (
+    BatchedOperation,
+    CallFacts,
+    ComposedOperation,
+    Handler,
+    Inline,
+    InlineStream,
+    Jobs,
+    NotServed,
+    Operation,
+    OperationTable,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from services.runtime.app import ServiceRuntime
+
+T = TypeVar("T")
+
+
+async def gather_or_cancel(*steps: Awaitable[T]) -> list[T]:
+    """Runs steps concurrently; the first failure cancels the rest (whose queued or running
+    jobs the runtime then cancels) and is raised as itself, not as a group."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class Pipeline:
+    """Drives operations for one ServiceRuntime."""
+
+    def __init__(self, runtime: ServiceRuntime, table: OperationTable) -> None:
+        self.runtime = runtime
+        self.table = table
+        self._batched: set[str] = set()
+
+    # --- load time ---------------------------------------------------------------------------
+
+    def register_batches(self) -> None:
+        """Registers every batched operation whose spec (read now, with the model loaded)
+        allows batching; the others run their jobs alone."""
+        for handler in self.table.values():
+            if not isinstance(handler, Operation):
+                continue
+            for operation in handler.device_operations():
+                spec = operation.batch_spec()
+                if spec is None or operation.kind in self._batched:
+                    continue
+                self.runtime.executor.register_batch(operation.kind, operation.run_batch, spec)
+                self._batched.add(operation.kind)
+
+    @property
+    def batched_kinds(self) -> frozenset[str]:
+        return frozenset(self._batched)
+
+    # --- one job -----------------------------------------------------------------------------
+
+    async def _prepare(self, operation: Operation[Any, Any, Any], request: Any) -> Any:
+        if not operation.prepares():
+            return request
+        return await self.runtime.run_cpu(operation.prepare, request)
+
+    async def _run(
+        self, context: Any, operation: Operation[Any, Any, Any], request: Any, usage: Usage
+    ) -> Any:
+        """Prepares and runs `request` as one job (or one per device-sized part) and returns
+        the operation's result; a composed operation runs its own jobs."""
+        if isinstance(operation, ComposedOperation):
+            return await operation.compose(request, Jobs(self._submit_for(context), usage))
+        if isinstance(operation, BatchedOperation) and operation.kind in self._batched:
+            return await self._run_batched(context, operation, request, usage)
+        prepared = await self._prepare(operation, request)
+        result, job_usage = await self.runtime.run_job(
+            context, operation.kind, _device_call(operation, prepared)
+        )
+        usage.add(job_usage)
+        return result
+
+    def _submit_for(
+        self, context: Any
+    ) -> Callable[[Operation[Any, Any, Any], Any, Usage], Awaitable[Any]]:
+        async def submit(operation: Operation[Any, Any, Any], request: Any, usage: Usage) -> Any:
+            return await self._run(context, operation, request, usage)
+
+        return submit
+
+    async def _run_batched(
+        self, context: Any, operation: BatchedOperation[Any, Any, Any], request: Any, usage: Usage
+    ) -> Any:
+        parts = operation.split(request)
+        # Announced before preparing starts, so a batch the device starts meanwhile waits for
+        # these parts instead of leaving them to a later, smaller batch.
+        announced = [self.runtime.expect_job(operation.kind) for _ in parts]
+        prepared = [asyncio.ensure_future(self._prepare(operation, part)) for part in parts]
+
+        async def one(part: asyncio.Future[Any], expected: ExpectedJob) -> Any:
+            ready = await part
+            result, job_usage = await self.runtime.run_job(
+                context,
+                operation.kind,
+                batch_input=ready,
+                batch_key=operation.batch_key(ready),
+                expected=expected,
+            )
+            usage.add(job_usage)
+            return result
+
+        try:
+            results = await gather_or_cancel(
+                *(one(part, expected) for part, expected in zip(prepared, announced, strict=True))
+            )
+        finally:
+            for part in prepared:  # a failed part leaves the others' preparing unawaited
+                part.cancel()
+            for expected in announced:
+                expected.close()
+            await asyncio.gather(*prepared, return_exceptions=True)
+        return operation.merge(results)
+
+    # --- calls -------------------------------------------------------------------------------
+
+    async def unary(
+        self, operation: Operation[Any, Any, Any], method: str, message: Any, context: Any
+    ) -> Any:
+        self.runtime.ensure_ready()
+        request = operation.parse(message, CallFacts(method, streaming=False))
+        usage = Usage()
+        result = await self._run(context, operation, request, usage)
+        return await operation.render(result, usage)
+
+    async def stream(
+        self,
+        operation: Operation[Any, Any, Any],
+        method: str,
+        reply_cls: Any,
+        message: Any,
+        context: Any,
+    ) -> AsyncIterator[Any]:
+        self.runtime.ensure_ready()
+        request = operation.parse(message, CallFacts(method, streaming=True))
+        prepared = await self._prepare(operation, request)
+        renderer = operation.stream_renderer(prepared)
+        if isinstance(operation, BatchedOperation) and operation.kind in self._batched:
+            events = self.runtime.stream_job(
+                context,
+                operation.kind,
+                batch_input=prepared,
+                batch_key=operation.batch_key(prepared),
+            )
+        else:
+            events = self.runtime.stream_job(
+                context, operation.kind, _device_call(operation, prepared)
+            )
+        job_id = ""
+        try:
+            async for job_id, event in events:
+                if isinstance(event, Accepted | JobQueued | JobHeartbeat):
+                    reply = reply_cls()
+                    fill_job_event(reply, job_id, event)
+                elif isinstance(event, JobOutput):
+                    reply = await renderer.output(event.payload)
+                elif isinstance(event, JobProgress):
+                    reply = await renderer.progress(event)
+                elif isinstance(event, JobFinished):
+                    reply = await renderer.done(event.result, Usage.of(event.usage))
+                else:
+                    continue
+                if reply is not None:
+                    reply.job_id = job_id
+                    yield reply
+        except JobCancelled:
+            # CancelJob from another connection: this client still listens, so it learns how
+            # far the job got before the stream ends CANCELLED.
+            if job_id:
+                snapshot = self.runtime.executor.get(job_id)
+                usage = Usage.of(
+                    JobUsage(snapshot.queue_seconds, snapshot.run_seconds, snapshot.batch_size)
+                )
+                final = await renderer.cancelled(usage)
+                if final is not None:
+                    final.job_id = job_id
+                    yield final
+            raise
+
+
+def _device_call(operation: Operation[Any, Any, Any], prepared: Any) -> Callable[[Any], Any]:
+    run = operation.run
+    return lambda ctx: run(prepared, ctx)
+
+
+def service_descriptor(full_name: str) -> ServiceDescriptor:
+    return descriptor_pool.Default().FindServiceByName(full_name)
+
+
+def add_operations(server: grpc.aio.Server, pipeline: Pipeline, service: ServiceDescriptor) -> None:
+    """Serves `service` from the pipeline's table: one handler per method, unary or streaming
+    as the contract says. A method without an entry, or an entry the service lacks, is a
+    programming error caught at start."""
+    table = pipeline.table
+    names = {method.name for method in service.methods}
+    unknown = sorted(set(table) - names)
+    missing = sorted(names - set(table))
+    if unknown or missing:
+        raise ValueError(
+            f"{service.full_name}: operations for unknown methods {unknown}, "
+            f"methods without an operation {missing}"
+        )
+    handlers = {
+        method.name: _method_handler(pipeline, method, table[method.name])
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+
+
+def _method_handler(
+    pipeline: Pipeline, method: MethodDescriptor, handler: Handler
+) -> grpc.RpcMethodHandler:
+    if method.client_streaming:
+        raise ValueError(f"{method.full_name}: client streaming is not served (grpc-web)")
+    request_cls = GetMessageClass(method.input_type)
+    reply_cls = GetMessageClass(method.output_type)
+    name = method.name
+    if isinstance(handler, NotServed):
+        return _not_served(method, handler, request_cls, reply_cls)
+    if method.server_streaming:
+        if isinstance(handler, Inline):
+            raise TypeError(f"{method.full_name} streams; an Inline handler answers once")
+
+        async def stream(message: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(handler, InlineStream):
+                source = handler.stream(message, context)
+            else:
+                source = pipeline.stream(handler, name, reply_cls, message, context)
+            async for reply in source:
+                yield reply
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=request_cls.FromString,
+            response_serializer=reply_cls.SerializeToString,
+        )
+    if isinstance(handler, InlineStream):
+        raise TypeError(f"{method.full_name} is unary; an InlineStream handler streams")
+
+    async def unary(message: Any, context: Any) -> Any:
+        if isinstance(handler, Inline):
+            return await handler.respond(message, context)
+        return await pipeline.unary(handler, name, message, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        unary,
+        request_deserializer=request_cls.FromString,
+        response_serializer=reply_cls.SerializeToString,
+    )
+
+
+def _not_served(
+    method: MethodDescriptor, handler: NotServed, request_cls: Any, reply_cls: Any
+) -> grpc.RpcMethodHandler:
+    async def refuse(message: Any, context: Any) -> Any:
+        raise Unimplemented(f"{method.name}: {handler.reason}")
+
+    async def refuse_stream(message: Any, context: Any) -> AsyncIterator[Any]:
+        raise Unimplemented(f"{method.name}: {handler.reason}")
+        yield  # an async generator, so grpc serves it as a stream
+
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if method.server_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return make(
+        refuse_stream if method.server_streaming else refuse,
+        request_deserializer=request_cls.FromString,
+        response_serializer=reply_cls.SerializeToString,
+    )
