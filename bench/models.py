@@ -152,7 +152,7 @@ def vl_model_dir(profile: str) -> Path:
 
 
 def vision_model_dir(profile: str) -> Path:
-    from services.vision.tiny import clip_b32_dir, tiny_clip_dir
+    from services.vision.builtin.clip import clip_b32_dir, tiny_clip_dir
 
     return tiny_clip_dir() if profile == "tiny" else clip_b32_dir()
 

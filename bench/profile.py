@@ -239,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_environment(args.threads)
 
     from bench.harness import load_average, wait_serving
+    from services.vision.builtin.clip import tiny_clip_dir
     from services.vision.capability import SERVICE
-    from services.vision.tiny import tiny_clip_dir
     from tests.support.servers import start_process
 
     folder = tiny_clip_dir()

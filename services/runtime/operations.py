@@ -161,6 +161,12 @@ class BatchedOperation(Operation[Req, Prep, Res]):
         """Device-sized parts of a request; one part by default."""
         return [request]
 
+    def halve(self, request: Req) -> list[Req]:
+        """Two smaller requests for a part that ran out of memory on its own (the executor
+        can split a batch of jobs, not one job); [] when it cannot be cut (one item). The
+        pipeline runs the halves and joins them with `merge`."""
+        return []
+
     def merge(self, results: list[Res]) -> Res:
         """Joins the parts' results in order."""
         if len(results) != 1:

@@ -12,6 +12,7 @@ are built here from the service descriptor, so a servicer is nothing but its tab
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,7 +22,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
 from services.runtime.app import Accepted, fill_job_event
-from services.runtime.errors import JobCancelled, Unimplemented
+from services.runtime.errors import JobCancelled, OutOfMemory, Unimplemented
 from services.runtime.executor import (
     ExpectedJob,
     JobFinished,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from services.runtime.app import ServiceRuntime
 
 T = TypeVar("T")
+log = logging.getLogger("mmserve.pipeline")
 
 
 async def gather_or_cancel(*steps: Awaitable[T]) -> list[T]:
@@ -131,25 +133,38 @@ class Pipeline:
         announced = [self.runtime.expect_job(operation.kind) for _ in parts]
         prepared = [asyncio.ensure_future(self._prepare(operation, part)) for part in parts]
 
-        async def one(part: asyncio.Future[Any], expected: ExpectedJob) -> Any:
-            ready = await part
-            result, job_usage = await self.runtime.run_job(
-                context,
-                operation.kind,
-                batch_input=ready,
-                batch_key=operation.batch_key(ready),
-                expected=expected,
-            )
+        async def one(part: Any, ready: Awaitable[Any], expected: ExpectedJob | None) -> Any:
+            prepared_part = await ready
+            try:
+                result, job_usage = await self.runtime.run_job(
+                    context,
+                    operation.kind,
+                    batch_input=prepared_part,
+                    batch_key=operation.batch_key(prepared_part),
+                    expected=expected,
+                )
+            except OutOfMemory:
+                # A part alone did not fit: the executor has lowered the batch size already;
+                # what is left is to cut the part itself, when the operation can.
+                halves = operation.halve(part)
+                if len(halves) < 2:
+                    raise
+                log.warning("out of memory in one %s part; running it in halves", operation.kind)
+                results = [await one(half, self._prepare(operation, half), None) for half in halves]
+                return operation.merge(results)
             usage.add(job_usage)
             return result
 
         try:
             results = await gather_or_cancel(
-                *(one(part, expected) for part, expected in zip(prepared, announced, strict=True))
+                *(
+                    one(part, ready, expected)
+                    for part, ready, expected in zip(parts, prepared, announced, strict=True)
+                )
             )
         finally:
-            for part in prepared:  # a failed part leaves the others' preparing unawaited
-                part.cancel()
+            for ready in prepared:  # a failed part leaves the others' preparing unawaited
+                ready.cancel()
             for expected in announced:
                 expected.close()
             await asyncio.gather(*prepared, return_exceptions=True)

@@ -1,12 +1,11 @@
-"""The vision capability as the runtime serves it: settings, engine and servicer."""
+"""The vision capability as the runtime serves it: settings, engine and operation table."""
 
 from __future__ import annotations
-
-import grpc
 
 from services.runtime.app import ServiceRuntime
 from services.runtime.config import ServiceSettings
 from services.runtime.engine import Engine
+from services.runtime.operations import OperationTable
 from services.runtime.server import Capability
 from services.vision.config import VisionSettings
 
@@ -18,15 +17,15 @@ def _create_engine(settings: ServiceSettings) -> Engine:
     # `--help` and config errors do not pay for torch and transformers.
     from services.vision.engine import VisionEngine
 
-    assert isinstance(settings, VisionSettings)
+    if not isinstance(settings, VisionSettings):
+        raise TypeError(f"vision needs VisionSettings, got {type(settings).__name__}")
     return VisionEngine(settings)
 
 
-def _add_servicers(server: grpc.aio.Server, runtime: ServiceRuntime) -> None:
-    from mmserve.vision.v1 import vision_pb2_grpc
-    from services.vision.servicer import VisionServicer
+def _operations(runtime: ServiceRuntime) -> OperationTable:
+    from services.vision.operations import operations
 
-    vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(runtime), server)
+    return operations(runtime)
 
 
 CAPABILITY = Capability(
@@ -34,5 +33,5 @@ CAPABILITY = Capability(
     service_names=(SERVICE,),
     settings_cls=VisionSettings,
     create_engine=_create_engine,
-    add_servicers=_add_servicers,
+    operations=_operations,
 )

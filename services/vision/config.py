@@ -6,8 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
+from services.runtime.builtin import BUILTIN_PREFIX
 from services.runtime.config import ServiceSettings
 from services.runtime.threads import OpenMPWaitPolicy
+from services.vision.builtin import BUILTINS
 
 
 class VisionSettings(ServiceSettings):
@@ -19,6 +21,13 @@ class VisionSettings(ServiceSettings):
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int | None = Field(
         9093, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 free, unset off."
+    )
+    model: str = Field(
+        "",
+        description=(
+            f"Model folder, hub id or {BUILTIN_PREFIX}<name>; empty: "
+            f"{BUILTIN_PREFIX}{BUILTINS.default}. Built-ins: {BUILTINS.describe()}."
+        ),
     )
     # --- batching ---
     max_batch_size: int = Field(
@@ -49,7 +58,8 @@ class VisionSettings(ServiceSettings):
         description=(
             "When a batch ends, how long the next one may wait for the clients it just answered "
             "to send again (up to as many jobs as that batch and the queue held; never more than "
-            "10% of the time the batch ran), so N looping clients share one forward pass "
+            # argparse formats help texts with %, so a literal percent sign is written %%.
+            "10%% of the time the batch ran), so N looping clients share one forward pass "
             "instead of alternating halves. A lone client never waits; 0 turns it off."
         ),
     )
@@ -57,8 +67,10 @@ class VisionSettings(ServiceSettings):
         64,
         ge=1,
         description=(
-            "Most images or texts in one forward pass; larger requests and batches are split "
-            "(and preprocessed while the previous part runs). Halves on out-of-memory."
+            "Most images or texts in one job: larger requests are split into parts of this "
+            "size, each queued as soon as it is preprocessed (while the previous part runs). "
+            "A micro-batch runs up to max_batch_size jobs in one forward pass; on out-of-memory "
+            "the batch is split and max_batch_size lowered."
         ),
     )
     torch_threads: int = Field(

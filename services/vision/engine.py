@@ -1,16 +1,16 @@
 """The vision engine: one embedding model (CLIP, SigLIP/SigLIP2, DINOv2/DINOv3) on one device.
 
-It knows nothing of gRPC. The servicer prepares inputs on the CPU pool (`prepare_images`,
-`prepare_texts`) and submits them as batchable jobs; the executor coalesces jobs from many
-requests and calls `embed_images_batch` / `embed_texts_batch` on the device thread. Those
-concatenate every job's items and run them in forward passes of at most `max_device_batch`
-items, halving that size (and carrying on) when the device runs out of memory.
+It knows nothing of gRPC. The operations (operations.py) prepare inputs on the CPU pool
+(`prepare_images`, `prepare_texts`) in parts of at most `device_batch` items and submit them as
+batchable jobs; the executor coalesces jobs from many requests and calls `embed_images_batch` /
+`embed_texts_batch` on the device thread, one forward pass for the whole micro-batch. An
+out-of-memory error leaves here unhandled: the executor splits the batch and lowers its size.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,9 @@ from services.runtime.devices import (
     dtype_name,
     maybe_compile,
 )
-from services.runtime.engine import BatchOperation, Engine, EngineInfo
-from services.runtime.errors import FailedPrecondition, JobCancelled, is_out_of_memory
-from services.runtime.executor import BatchSpec, JobContext
+from services.runtime.engine import Engine, EngineInfo
+from services.runtime.errors import FailedPrecondition
+from services.runtime.executor import JobContext
 from services.runtime.model_source import discover_family
 from services.vision import loading
 from services.vision.config import VisionSettings
@@ -74,7 +74,7 @@ class VisionEngine(Engine):
         self.image_size = 0
         self.logit_scale = 1.0
         self.logit_bias = 0.0
-        # Items per forward pass now; starts at max_device_batch and halves on OOM.
+        # Most items one job holds: larger requests are cut into parts of this size.
         self.device_batch = settings.max_device_batch
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -90,7 +90,8 @@ class VisionEngine(Engine):
             self.settings.attention,
             self.settings.compile,
         )
-        self.folder, self.model_id = loading.model_folder(self.settings)
+        resolved = loading.resolve(self.settings)
+        self.folder, self.model_id = resolved.folder, resolved.model_id
         found = discover_family(self.folder)
         if found.library != "transformers":
             raise UnsupportedModel(f"{self.folder} is a diffusers model, not an embedding model")
@@ -210,17 +211,6 @@ class VisionEngine(Engine):
             capabilities=capabilities,
         )
 
-    def batch_operations(self) -> dict[str, BatchOperation]:
-        s = self.settings
-        images = BatchSpec(
-            s.max_batch_size, s.max_batch_wait_ms, s.max_arrival_wait_ms, s.max_return_wait_ms
-        )
-        operations = {EMBED_IMAGES: BatchOperation(self.embed_images_batch, images)}
-        if self.supports_text:
-            texts = BatchSpec(s.max_batch_size, s.max_batch_wait_ms)
-            operations[EMBED_TEXTS] = BatchOperation(self.embed_texts_batch, texts)
-        return operations
-
     def memory_bytes(self) -> int | None:
         return device_memory_bytes(self.options.device) if self.options is not None else None
 
@@ -250,18 +240,15 @@ class VisionEngine(Engine):
 
     def embed_images_batch(
         self, jobs: list[ImageJob], contexts: list[JobContext]
-    ) -> list[np.ndarray | Exception]:
-        """One micro-batch of image jobs -> one float32 (count, dim) array per job."""
+    ) -> list[np.ndarray]:
+        """One micro-batch of image jobs -> one float32 (count, dim) array per job, from one
+        forward pass over every job's images."""
         jobs = self._preprocess_deferred(jobs)
         keys = jobs[0].inputs.tensors.keys()
         merged = {key: _concat([job.inputs.tensors[key] for job in jobs]) for key in keys}
         poolings = [job.pooling for job in jobs for _ in range(job.inputs.count)]
-
-        def forward(rows: slice | list[int]) -> torch.Tensor:
-            chosen = poolings[rows] if isinstance(rows, slice) else [poolings[i] for i in rows]
-            return self._image_features({k: v[rows] for k, v in merged.items()}, chosen)
-
-        return self._run_items([job.inputs.count for job in jobs], contexts, forward)
+        features = self._image_features(merged, poolings)
+        return _per_job(features, [job.inputs.count for job in jobs])
 
     def _preprocess_deferred(self, jobs: list[ImageJob]) -> list[ImageJob]:
         """Preprocesses the batch's deferred images on every core at once, before the forward
@@ -293,78 +280,11 @@ class VisionEngine(Engine):
 
     def embed_texts_batch(
         self, jobs: list[TextInputs], contexts: list[JobContext]
-    ) -> list[np.ndarray | Exception]:
-        """One micro-batch of text jobs -> one float32 (count, dim) array per job."""
-        rows_of_ids = [ids for job in jobs for ids in job.ids]
-
-        def forward(rows: slice | list[int]) -> torch.Tensor:
-            chosen = (
-                rows_of_ids[rows] if isinstance(rows, slice) else [rows_of_ids[i] for i in rows]
-            )
-            return self._text_features(chosen)
-
-        return self._run_items([job.count for job in jobs], contexts, forward)
-
-    def _run_items(
-        self,
-        counts: list[int],
-        contexts: list[JobContext],
-        forward: Callable[[slice | list[int]], torch.Tensor],
-    ) -> list[np.ndarray | Exception]:
-        """Runs every item of every job in forward passes of at most `device_batch` items.
-
-        Items of jobs cancelled meanwhile are dropped between passes. On out-of-memory the pass
-        size halves for good (later batches start from the smaller size) and the same items
-        are retried; a single item that does not fit fails its jobs with the OOM error."""
-        owners = [index for index, count in enumerate(counts) for _ in range(count)]
-        outputs: list[np.ndarray | None] = [None] * len(owners)
-        pending = list(range(len(owners)))
-        while pending:
-            pending = [i for i in pending if not contexts[owners[i]].cancelled]
-            if not pending:
-                break
-            take = pending[: self.device_batch]
-            rows: slice | list[int] = take
-            if take[-1] - take[0] == len(take) - 1:  # contiguous: a view, no gather copy
-                rows = slice(take[0], take[-1] + 1)
-            try:
-                features = forward(rows).float().cpu().numpy()
-            except Exception as exc:
-                if not is_out_of_memory(exc) or len(take) == 1:
-                    raise
-                self._halve_device_batch(len(take))
-                continue
-            for row, item in enumerate(take):
-                outputs[item] = features[row]
-            pending = pending[len(take) :]
-        return self._split(counts, contexts, owners, outputs)
-
-    def _halve_device_batch(self, failed_size: int) -> None:
-        self.device_batch = max(1, (failed_size + 1) // 2)
-        log.warning(
-            "out of memory in a %d-item forward pass; now %d", failed_size, self.device_batch
-        )
-        if self.options is not None and self.options.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def _split(
-        self,
-        counts: list[int],
-        contexts: list[JobContext],
-        owners: list[int],
-        outputs: list[np.ndarray | None],
-    ) -> list[np.ndarray | Exception]:
-        results: list[np.ndarray | Exception] = []
-        start = 0
-        for index, count in enumerate(counts):
-            rows = outputs[start : start + count]
-            start += count
-            context = contexts[index]
-            if context.cancelled or any(row is None for row in rows):
-                results.append(context.cancel.error or JobCancelled("job cancelled"))
-                continue
-            results.append(np.stack(rows).astype(np.float32, copy=False))  # type: ignore[arg-type]
-        return results
+    ) -> list[np.ndarray]:
+        """One micro-batch of text jobs -> one float32 (count, dim) array per job, from one
+        forward pass over every job's texts."""
+        features = self._text_features([ids for job in jobs for ids in job.ids])
+        return _per_job(features, [job.count for job in jobs])
 
     @torch.inference_mode()
     def _image_features(
@@ -400,6 +320,14 @@ def _preprocess_in_batch(choice: str, device_type: str) -> bool:
     """auto: in the batch on a CPU (the model and preprocessing share its cores), beside the
     forward pass on an accelerator (the CPU is free while the device computes)."""
     return choice == "on" or (choice == "auto" and device_type == "cpu")
+
+
+def _per_job(features: torch.Tensor, counts: list[int]) -> list[np.ndarray]:
+    """The forward pass's rows, cut back into each job's own (count, dim) float32 array."""
+    rows = features.float().cpu().numpy()
+    offsets = np.cumsum([0, *counts])
+    # Copies, so one caller's answer does not keep the whole batch's array alive.
+    return [rows[offsets[i] : offsets[i + 1]].copy() for i in range(len(counts))]
 
 
 def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:

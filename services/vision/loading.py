@@ -1,7 +1,8 @@
 """Finding the model folder and loading the model's processors.
 
 `model` is a local folder, a hub id (resolved from the local cache, see the runtime's
-prefetch), empty for the built-in tiny CLIP, or `tiny:<name>` for another built-in tiny model.
+prefetch), `builtin:<name>` for a built-in model (services/vision/builtin/), or empty for the
+default built-in tiny CLIP. The older `tiny:<name>` spelling still works and logs a deprecation.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from services.runtime.model_source import ModelSource, resolve_model_dir
-from services.vision import tiny
+from services.runtime.builtin import ResolvedModel, resolve_model
+from services.vision.builtin import ALIASES, BUILTINS, OLD_PREFIX
 from services.vision.config import VisionSettings
 
 log = logging.getLogger("mmserve.vision")
-
-TINY_PREFIX = "tiny:"
 
 # The keys of a preprocessor_config.json that mean the same thing to BitImageProcessorPil
 # (resize, optional center crop, rescale, normalize), the PIL fallback below.
@@ -34,24 +33,16 @@ _FALLBACK_KEYS = (
 )
 
 
-def model_folder(settings: VisionSettings) -> tuple[Path, str]:
-    """(folder, model id for GetModelInfo) for the configured model."""
-    name = settings.model.strip()
-    if not name:
-        return tiny.tiny_clip_dir(), "tiny:clip"
-    if name.startswith(TINY_PREFIX):
-        kind = name.removeprefix(TINY_PREFIX)
-        build = tiny.TINY_MODELS.get(kind)
-        if build is None:
-            known = ", ".join(TINY_PREFIX + k for k in tiny.TINY_MODELS)
-            raise ValueError(f"unknown built-in model {name!r}; use one of {known}")
-        return build(), name
-    source = ModelSource(
-        name,
-        revision=settings.revision,
-        cache_dir=str(settings.cache_dir) if settings.cache_dir else None,
-    )
-    return resolve_model_dir(source, allow_download=settings.allow_download), name
+def resolve(settings: VisionSettings) -> ResolvedModel:
+    """The configured model's folder and the id GetModelInfo reports."""
+    model = settings.model.strip()
+    if model != settings.model:
+        settings = settings.model_copy(update={"model": model})
+    aliases = dict(ALIASES)
+    if model.startswith(OLD_PREFIX) and model not in aliases:
+        # An unknown old-style name fails like an unknown `builtin:` one, listing the built-ins.
+        aliases[model] = model.removeprefix(OLD_PREFIX)
+    return resolve_model(settings, BUILTINS, aliases)
 
 
 def load_image_processor(folder: Path) -> Any:

@@ -197,3 +197,11 @@ async def test_a_large_request_is_split_and_an_oom_halves_the_batch(server, stub
     assert max(calls[1:]) <= 2  # then halves that fit
     assert server.runtime.executor.effective_max_batch("shout") == 2
     assert reply.usage.batch_size == 2
+
+
+@pytest.mark.parametrize("server", [["--oom-above", "1"]], indirect=True)
+async def test_a_part_too_large_alone_runs_in_halves(server, stub) -> None:
+    reply = await stub.shout(echo_pb2.ShoutRequest(texts=["a", "b", "c"]))
+    assert list(reply.texts) == ["A", "B", "C"]
+    # a part of two texts ran out of memory alone, then ran as two parts of one
+    assert engine_of(server).device_calls.count(1) >= 3

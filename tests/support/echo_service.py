@@ -187,6 +187,10 @@ class Shout(BatchedOperation[list[str], list[str], list[str]]):
     def split(self, request: list[str]) -> list[list[str]]:
         return [request[i : i + TEXTS_PER_CALL] for i in range(0, len(request), TEXTS_PER_CALL)]
 
+    def halve(self, request: list[str]) -> list[list[str]]:
+        middle = (len(request) + 1) // 2
+        return [request[:middle], request[middle:]] if len(request) > 1 else []
+
     def merge(self, results: list[list[str]]) -> list[str]:
         return [text for part in results for text in part]
 

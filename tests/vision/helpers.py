@@ -19,8 +19,8 @@ from PIL import Image
 from mmserve.common.v1 import media_pb2
 from mmserve.vision.v1 import vision_pb2, vision_pb2_grpc
 from services.runtime.server import ServiceServer
+from services.vision.builtin import BUILTINS
 from services.vision.capability import CAPABILITY
-from services.vision.tiny import TINY_MODELS
 from tests.support.servers import running_server
 
 # Tolerance between the served path (batched, padded per batch) and a plain in-process call.
@@ -82,7 +82,7 @@ class Reference:
         from transformers import AutoImageProcessor, AutoModel, AutoProcessor
 
         self.name = name
-        self.folder: Path = TINY_MODELS[name]()
+        self.folder: Path = BUILTINS.get(name).build()
         self.model = AutoModel.from_pretrained(self.folder).eval()
         self.dual = name in ("clip", "siglip", "siglip2")
         if self.dual:

@@ -33,7 +33,7 @@ def reference() -> Reference:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def clip() -> Served:
-    async with served("tiny:clip") as srv:
+    async with served("builtin:clip") as srv:
         yield srv
 
 

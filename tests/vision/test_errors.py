@@ -29,13 +29,13 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def clip() -> Served:
     args = ["--max-images-per-request", "4", "--max-texts-per-request", "3", "--max-labels", "3"]
-    async with served("tiny:clip", *args, "--max-text-chars", "50") as srv:
+    async with served("builtin:clip", *args, "--max-text-chars", "50") as srv:
         yield srv
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def dino() -> Served:
-    async with served("tiny:dinov2") as srv:
+    async with served("builtin:dinov2") as srv:
         yield srv
 
 
@@ -78,7 +78,7 @@ async def test_bad_image_names_its_field(clip: Served, bad: media_pb2.Image, fie
 
 async def test_bad_image_in_a_large_split_request(clip: Served) -> None:
     # A later device-sized part failing cancels the parts already queued or running.
-    async with served("tiny:clip", "--max-device-batch", "1") as small:
+    async with served("builtin:clip", "--max-device-batch", "1") as small:
         images = [GOOD, GOOD, media_pb2.Image(data=b"garbage!")]
         error = await fails(small.stub.EmbedImages, vision_pb2.EmbedImagesRequest(images=images))
         assert violated_fields(error) == ["images[2].data"]

@@ -16,7 +16,7 @@ TEXTS = ["a photo of a cat", "a red car", "zebra" * 30]
 @pytest.mark.parametrize("family", ["siglip", "siglip2"])
 async def test_siglip_families_images_and_texts(family: str) -> None:
     reference = Reference(family)
-    async with served(f"tiny:{family}") as srv:
+    async with served(f"builtin:{family}") as srv:
         images = await srv.stub.EmbedImages(
             vision_pb2.EmbedImagesRequest(images=[image_pb(i) for i in IMAGES], normalize=False),
             timeout=30,
@@ -36,7 +36,7 @@ async def test_siglip_families_images_and_texts(family: str) -> None:
 @pytest.mark.parametrize("family", ["dinov2", "dinov3"])
 async def test_dino_families_cls_and_mean_pooling(family: str) -> None:
     reference = Reference(family)
-    async with served(f"tiny:{family}") as srv:
+    async with served(f"builtin:{family}") as srv:
         replies = {}
         for name, pooling in (
             ("default", vision_pb2.POOLING_UNSPECIFIED),
@@ -62,7 +62,7 @@ async def test_dino_families_cls_and_mean_pooling(family: str) -> None:
 
 async def test_dino_default_pooling_is_configurable() -> None:
     reference = Reference("dinov2")
-    async with served("tiny:dinov2", "--default-pooling", "mean") as srv:
+    async with served("builtin:dinov2", "--default-pooling", "mean") as srv:
         reply = await srv.stub.EmbedImages(
             vision_pb2.EmbedImagesRequest(images=[image_pb(i) for i in IMAGES], normalize=False),
             timeout=30,

@@ -21,6 +21,7 @@ from transformers.image_transforms import center_crop
 from services.runtime.config import load_settings
 from services.runtime.executor import JobContext
 from services.vision import pixels
+from services.vision.builtin import BUILTINS
 from services.vision.config import VisionSettings
 from services.vision.engine import VisionEngine
 from services.vision.inputs import ImageJob, prepare_images
@@ -32,7 +33,6 @@ from services.vision.pixels import (
     choose_preprocessor,
     verified_transform,
 )
-from services.vision.tiny import TINY_MODELS
 from tests.vision.helpers import noise_image
 
 EXACT_FAMILIES = ("clip", "siglip", "dinov2", "dinov3")
@@ -41,7 +41,7 @@ EXACT_FAMILIES = ("clip", "siglip", "dinov2", "dinov3")
 @cache
 def processor(family: str) -> Any:
     """The tiny model's image processor, loaded the way the engine loads it."""
-    return load_image_processor(TINY_MODELS[family]())
+    return load_image_processor(BUILTINS.get(family).build())
 
 
 @cache
@@ -197,7 +197,7 @@ def test_engine_uses_the_transform_only_when_enabled(
     enabled: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     flag = "--exact-fast-preprocessing" if enabled else "--no-exact-fast-preprocessing"
-    argv = ["--model", "tiny:clip", flag, "--preprocess-in-batch", "off"]
+    argv = ["--model", "builtin:clip", flag, "--preprocess-in-batch", "off"]
     engine = VisionEngine(load_settings(VisionSettings, argv))
     with caplog.at_level(logging.INFO, logger="mmserve.vision"):
         engine.load()
@@ -216,7 +216,7 @@ def test_preprocessing_in_the_batch_gives_the_same_inputs_and_embeddings() -> No
     pass); the tensors and embeddings are those of preprocessing at request time."""
     engines = {}
     for mode in ("on", "off"):
-        argv = ["--model", "tiny:clip", "--preprocess-in-batch", mode]
+        argv = ["--model", "builtin:clip", "--preprocess-in-batch", mode]
         engines[mode] = VisionEngine(load_settings(VisionSettings, argv))
         engines[mode].load()
     batches = [[noise_image(seed, (50 + 7 * seed, 40)) for seed in range(n)] for n in (1, 4, 2)]

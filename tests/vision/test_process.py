@@ -1,8 +1,11 @@
-"""`python -m services.vision` as operators run it: health, one request, clean SIGTERM exit."""
+"""`python -m services.vision` as operators run it: health, one request, clean SIGTERM exit,
+and `--help`."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -13,10 +16,12 @@ from services.vision.capability import SERVICE
 from tests.support.servers import start_process, wait_for_health
 from tests.vision.helpers import image_pb, noise_image
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 async def test_module_serves_until_sigterm(tmp_path: Path) -> None:
     process = start_process(
-        "services.vision", ["--model", "tiny:dinov2", "--torch-threads", "1"], tmp_path / "log"
+        "services.vision", ["--model", "builtin:dinov2", "--torch-threads", "1"], tmp_path / "log"
     )
     try:
         async with grpc.aio.insecure_channel(process.target) as channel:
@@ -31,3 +36,18 @@ async def test_module_serves_until_sigterm(tmp_path: Path) -> None:
         assert code == 0, process.log()
     finally:
         process.stop()
+
+
+def test_help_lists_the_settings_and_exits_0() -> None:
+    """Every settings help text reaches argparse, which formats it with `%`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.vision", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--max-return-wait-ms" in result.stdout
+    assert "10% of the time" in " ".join(result.stdout.split())
+    assert "builtin:clip" in result.stdout

@@ -40,7 +40,7 @@ def reference(family: str) -> Reference:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(family: str) -> Served:
-    async with served(f"tiny:{family}") as srv:
+    async with served(f"builtin:{family}") as srv:
         yield srv
 
 
