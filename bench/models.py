@@ -122,7 +122,7 @@ def t2i_model_dir(profile: str) -> Path:
 
 # --- vl: Qwen2.5-VL-like models -----------------------------------------------------------------
 
-# Keys as services.vl.tiny.SIZES spells them (its builder makes the model).
+# Keys as services.vl.builtin.qwen.SIZES spells them (its builder makes the model).
 VL_SIZES: dict[str, dict[str, int]] = {
     # Qwen2.5-0.5B's text stack (896 wide, 24 layers, 14 heads, 2 KV heads, tied embeddings)
     # with an 8-block, 640-wide vision tower: about 0.53 B parameters.
@@ -136,7 +136,7 @@ VL_SIZES: dict[str, dict[str, int]] = {
 
 
 def vl_model_dir(profile: str) -> Path:
-    from services.vl import tiny
+    from services.vl.builtin import qwen as tiny
 
     if profile == "tiny":
         return tiny.tiny_model_dir("qwen2_5_vl", "tiny")

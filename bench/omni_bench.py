@@ -85,13 +85,12 @@ class InProcess:
         self.engine.warmup()
 
     def _respond(self, question: str) -> kit.Sample:
-        from services.omni.engine import SamplingInput
-        from services.omni.turns import ChatJob, Message, Role, SpeechRequest, TextPart
+        from services.omni.turns import ChatJob, SpeechRequest
+        from services.runtime.chat.messages import Message, Role, TextPart
+        from services.runtime.chat.sampling import Sampling
 
         engine = self.engine
-        sampling = engine.resolve_sampling(
-            SamplingInput(max_new_tokens=self.tokens, temperature=0.0)
-        )
+        sampling = engine.resolve_sampling(Sampling(max_new_tokens=self.tokens, temperature=0.0))
         speech = SpeechRequest(enabled=True, chunk_ms=CHUNK_MS)
         job = ChatJob((Message(Role.USER, (TextPart(question),)),), sampling, speech)
         marks: dict[str, float] = {}

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.omni import bundled
+from services.omni.builtin import bundled
 from services.omni.turns import ASR_RATE, FloatAudio
 
 log = logging.getLogger("mmserve.omni")

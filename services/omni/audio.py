@@ -3,7 +3,7 @@ and encoding speech out (WAV, PCM chunks).
 
 Every clip a client sends is untrusted: sizes and durations are checked from the header before
 any sample is decoded, and every refusal is an InvalidArgument naming the request field. These
-functions are pure and blocking: the servicer runs them in the CPU pool, never on the device
+functions are pure and blocking: the operations run them in the CPU pool, never on the device
 thread. Resampling is a windowed-sinc polyphase filter in numpy, so no extra native library is
 needed and the result is the same on every machine.
 """

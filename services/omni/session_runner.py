@@ -38,18 +38,20 @@ from services.omni.turns import (
     AudioPart,
     ChatJob,
     ChatResult,
-    FinishReason,
     FloatAudio,
-    ImagePart,
-    Message,
     Part,
-    Role,
-    Sampling,
     SpeechRequest,
-    TextOut,
-    TextPart,
 )
 from services.omni.vad import VadEvent, VadUpdate, VoiceActivityDetector
+from services.runtime.chat.messages import (
+    FinishReason,
+    ImagePart,
+    Message,
+    Role,
+    TextDelta,
+    TextPart,
+)
+from services.runtime.chat.sampling import SamplingPlan
 from services.runtime.errors import InvalidArgument
 from services.runtime.executor import JobContext
 
@@ -124,7 +126,7 @@ class Heard:
 @dataclass(frozen=True)
 class ReplyText:
     turn: int
-    delta: TextOut
+    delta: TextDelta
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class SessionSpec:
     session_id: str
     mode: Mode
     system_prompt: str
-    sampling: Sampling
+    sampling: SamplingPlan
     speech: SpeechRequest
     voice: VoiceChoice
     max_images: int
@@ -167,10 +169,6 @@ class _Turn:
 
     def empty(self) -> bool:
         return not (self.audio or self.texts or self.images)
-
-
-class _BargeIn(Exception):
-    """User speech while the model was speaking (duplex modes)."""
 
 
 class SessionRunner:
@@ -271,7 +269,7 @@ class SessionRunner:
 
     def _engine_transcribed(self, message: Message, heard: list[str]) -> Message:
         texts = []
-        for part in message.parts:
+        for part in message.content:
             if isinstance(part, AudioPart):
                 text = self._engine.transcribe(part.samples)
                 heard.append(text)
@@ -280,7 +278,7 @@ class SessionRunner:
                 texts.append(text)
             elif isinstance(part, TextPart):
                 texts.append(part.text)
-        others = tuple(p for p in message.parts if isinstance(p, ImagePart))
+        others = tuple(p for p in message.content if isinstance(p, ImagePart))
         joined = " ".join(t.strip() for t in texts if t.strip())
         return Message(Role.USER, (TextPart(joined), *others))
 
@@ -305,7 +303,7 @@ class SessionRunner:
         result = self._generate(
             lambda delta: self._emit(ReplyText(turn, delta)), on_audio, self._listening_check
         )
-        finish = result.finish
+        finish = result.finish_reason
         if finish is not FinishReason.CANCELLED and self._spec.mode.duplex and first_audio:
             finish = self._play_out(first_audio[0] + result.audio_seconds)
         self._history.append(Message(Role.ASSISTANT, (TextPart(result.text),)))
@@ -330,7 +328,7 @@ class SessionRunner:
 
     def _generate(
         self,
-        on_text: Callable[[TextOut], None],
+        on_text: Callable[[TextDelta], None],
         on_audio: Callable[[AudioOut], None],
         should_stop: Callable[[], bool],
     ) -> ChatResult:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.omni import bundled
+from services.omni.builtin import bundled
 from services.omni.turns import FloatAudio
 
 log = logging.getLogger("mmserve.omni")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from services.omni import bundled
+from services.omni.builtin import bundled
 from services.omni.turns import ASR_RATE, FloatAudio
 
 FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)

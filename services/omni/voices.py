@@ -4,7 +4,7 @@ Layout: <data_dir>/voices/registry.json (the list) and <data_dir>/voices/<voice_
 sample as 16 kHz mono 16-bit WAV). Every file is written to a temporary name in the same folder,
 flushed to disk and renamed over the old one, and the folder is synced, so a crash mid-write
 leaves the old registry or the new one, never a torn file; leftovers of an interrupted write are
-removed at start. Methods are blocking and thread-safe: servicers run them in the CPU pool.
+removed at start. Methods are blocking and thread-safe: the operations run them in the CPU pool.
 """
 
 from __future__ import annotations

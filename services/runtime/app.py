@@ -176,8 +176,6 @@ class ServiceRuntime:
             return
         finally:
             self.load_seconds = time.monotonic() - started
-        for kind, operation in self.engine.batch_operations().items():
-            self.executor.register_batch(kind, operation.fn, operation.spec)
         if self.pipeline is not None:
             self.pipeline.register_batches()
         info = self.engine.info()
@@ -329,9 +327,7 @@ class ServiceRuntime:
             base.attention_implementation = info.attention_implementation
             base.compiled = info.compiled
             base.capabilities.extend(info.capabilities)
-            batches = set(self.engine.batch_operations())
-            if self.pipeline is not None:
-                batches |= self.pipeline.batched_kinds
+            batches = self.pipeline.batched_kinds if self.pipeline is not None else frozenset()
             if batches:
                 base.max_batch_size = max(
                     self.executor.effective_max_batch(kind) for kind in batches
@@ -341,24 +337,6 @@ class ServiceRuntime:
     def close(self) -> None:
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop()
-
-
-class JobsServicerMixin:
-    """GetJob and CancelJob, the same for every capability."""
-
-    runtime: ServiceRuntime
-
-    async def GetJob(self, request: job_pb2.GetJobRequest, context: Any) -> job_pb2.GetJobResponse:
-        snapshot = self.runtime.executor.get(_job_id(request), owner=_caller())
-        return job_pb2.GetJobResponse(job=job_protos.job(snapshot))
-
-    async def CancelJob(
-        self, request: job_pb2.CancelJobRequest, context: Any
-    ) -> job_pb2.CancelJobResponse:
-        snapshot = self.runtime.executor.cancel(
-            _job_id(request), "cancelled by CancelJob", owner=_caller()
-        )
-        return job_pb2.CancelJobResponse(job=job_protos.job(snapshot))
 
 
 class GetJob(Inline):

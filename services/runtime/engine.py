@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from services.runtime.executor import BatchSpec, JobContext
 
 
 @dataclass(frozen=True)
@@ -25,18 +21,12 @@ class EngineInfo:
     capabilities: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class BatchOperation:
-    """An engine operation the executor may coalesce: fn(inputs, contexts) -> outputs."""
-
-    fn: Callable[[list[Any], list[JobContext]], list[Any]]
-    spec: BatchSpec
-
-
 class Engine(ABC):
     """Loads one model on one device and runs jobs on the executor's device thread.
 
-    `load` and `warmup` run once, off the event loop, before the service reports SERVING."""
+    `load` and `warmup` run once, on the executor's device thread (the thread every job runs
+    on, so torch keeps one OpenMP team), before the service reports SERVING. What each RPC does
+    with the engine is the capability's operations' business (services.runtime.operations)."""
 
     @abstractmethod
     def load(self) -> None: ...
@@ -46,10 +36,6 @@ class Engine(ABC):
 
     @abstractmethod
     def info(self) -> EngineInfo: ...
-
-    def batch_operations(self) -> dict[str, BatchOperation]:
-        """Job kinds the executor may micro-batch, keyed by kind."""
-        return {}
 
     def memory_bytes(self) -> int | None:
         """Device memory in use, for metrics; None when unknown."""

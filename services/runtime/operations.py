@@ -145,7 +145,9 @@ class BatchedOperation(Operation[Req, Prep, Res]):
         """How jobs coalesce, read once the model is loaded; None runs every job alone."""
 
     @abstractmethod
-    def run_batch(self, prepared: list[Prep], contexts: list[JobContext]) -> list[Res]: ...
+    def run_batch(
+        self, prepared: list[Prep], contexts: list[JobContext]
+    ) -> Sequence[Res | Exception]: ...
 
     def run(self, prepared: Prep, ctx: JobContext) -> Res:
         result = self.run_batch([prepared], [ctx])[0]

@@ -8,12 +8,14 @@ work, finish queued and running jobs within the grace period, then exit 0.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +32,7 @@ from services.runtime.security import KeyStore, RateLimiter
 from services.runtime.threads import apply_gil_switch_interval, apply_openmp_wait_policy
 
 log = logging.getLogger("mmserve.server")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,19 @@ class Capability:
     name: str  # "vision"
     service_names: tuple[str, ...]  # full proto service names; also the health service names
     settings_cls: type[ServiceSettings]
-    create_engine: Callable[[ServiceSettings], Engine]
-    add_servicers: Callable[[grpc.aio.Server, ServiceRuntime], None] | None = None
-    operations: Callable[[ServiceRuntime], OperationTable] | None = None
+    # A factory, or "module:name" of one (an Engine class will do), imported when the server
+    # starts: after process-wide settings (threads, OpenMP) apply, and never for `--help`.
+    create_engine: Callable[[ServiceSettings], Engine] | str
+    operations: Callable[[ServiceRuntime], OperationTable] | str
+
+
+def imported(reference: Callable[..., T] | str) -> Callable[..., T]:
+    """The callable a Capability names, importing "module:name" references."""
+    if not isinstance(reference, str):
+        return reference
+    module, _, name = reference.partition(":")
+    found: Callable[..., T] = getattr(importlib.import_module(module), name)
+    return found
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -73,7 +86,9 @@ class ServiceServer:
     def __init__(self, capability: Capability, settings: ServiceSettings) -> None:
         self.capability = capability
         self.settings = settings
-        self.runtime = ServiceRuntime(capability.name, settings, capability.create_engine(settings))
+        self.runtime = ServiceRuntime(
+            capability.name, settings, imported(capability.create_engine)(settings)
+        )
         keys = KeyStore.from_sources(settings.api_keys, settings.api_keys_file)
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         self.server = grpc.aio.server(
@@ -86,13 +101,10 @@ class ServiceServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if capability.operations is not None:
-            table = {**job_handlers(self.runtime), **capability.operations(self.runtime)}
-            pipeline = Pipeline(self.runtime, table)
-            self.runtime.pipeline = pipeline
-            add_operations(self.server, pipeline, service_descriptor(capability.service_names[0]))
-        elif capability.add_servicers is not None:
-            capability.add_servicers(self.server, self.runtime)
+        table = {**job_handlers(self.runtime), **imported(capability.operations)(self.runtime)}
+        pipeline = Pipeline(self.runtime, table)
+        self.runtime.pipeline = pipeline
+        add_operations(self.server, pipeline, service_descriptor(capability.service_names[0]))
         if settings.reflection:
             reflection.enable_server_reflection(
                 (*capability.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME),

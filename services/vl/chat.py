@@ -1,59 +1,19 @@
-"""The vl engine's plain-Python vocabulary: what a chat request holds and what it returns.
+"""What a vl chat request holds beyond the shared chat vocabulary (services.runtime.chat):
+the per-request image resolution, and the limits the service enforces.
 
-The servicer builds these from protobuf messages and the engine never sees protobuf. The shapes
+The operations build these from protobuf messages and the engine never sees protobuf. The shapes
 mirror the contract (messages[i].content[j], sampling, image_resolution) so that errors the
 engine finds can still name the request field.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-
-class Role(enum.StrEnum):
-    """Chat roles as chat templates spell them."""
-
-    SYSTEM = "system"
-    USER = "user"
-    ASSISTANT = "assistant"
-
-
-class FinishReason(enum.StrEnum):
-    STOP = "stop"  # end-of-turn token or a stop sequence
-    LENGTH = "length"  # max_new_tokens or the context length
-    CANCELLED = "cancelled"  # client, deadline or CancelJob
-
-
-@dataclass(frozen=True)
-class TextPart:
-    text: str
-
-
-@dataclass(frozen=True)
-class ImagePart:
-    image: Image.Image  # RGB, already decoded and checked
-
-
-@dataclass(frozen=True)
-class Message:
-    role: Role
-    content: tuple[TextPart | ImagePart, ...]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Decoding parameters; None means "not given" (model default, then service default)."""
-
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+from services.runtime.chat.messages import ImagePart, Message
+from services.runtime.chat.sampling import Sampling
 
 
 @dataclass(frozen=True)
@@ -78,23 +38,6 @@ class ChatInput:
             for j, part in enumerate(message.content)
             if isinstance(part, ImagePart)
         ]
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    """Streamed text: `text` never splits a character; `output_tokens` counts tokens so far."""
-
-    text: str
-    output_tokens: int
-
-
-@dataclass(frozen=True)
-class ChatOutput:
-    text: str
-    finish_reason: FinishReason
-    input_tokens: int
-    output_tokens: int
-    seed: int
 
 
 @dataclass(frozen=True)

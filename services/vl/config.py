@@ -7,7 +7,9 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from services.runtime.config import ServiceSettings
+from services.runtime.builtin import BUILTIN_PREFIX
+from services.runtime.chat.settings import ChatSettings
+from services.vl.builtin import BUILTINS
 
 # Qwen2-VL / Qwen2.5-VL resize images so that width * height lands in [min_pixels, max_pixels],
 # in 28x28 units (one image token each after the 2x2 merge). These are the numbers Qwen's model
@@ -18,7 +20,7 @@ QWEN_DEFAULT_MAX_PIXELS = 1280 * _PIXEL_UNIT  # 1003520
 QWEN_MAX_PIXELS = 16384 * _PIXEL_UNIT  # 12845056
 
 
-class VLSettings(ServiceSettings):
+class VLSettings(ChatSettings):
     """mmserve vl: chat about images with Qwen2.5-VL, Qwen2-VL or any transformers
     image-text-to-text model, unary and token streaming."""
 
@@ -28,21 +30,13 @@ class VLSettings(ServiceSettings):
     metrics_port: int | None = Field(
         9092, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 free, unset off."
     )
-    # --- chat limits (reported in GetModelInfo.limits) ---
-    max_context_tokens: int = Field(
-        0,
-        ge=0,
-        description="Context length (prompt + answer) in tokens; 0 uses the model's own, a "
-        "smaller value caps it (memory).",
+    model: str = Field(
+        "",
+        description=(
+            f"Model folder, hub id or {BUILTIN_PREFIX}<name>; empty: "
+            f"{BUILTIN_PREFIX}{BUILTINS.default}. Built-ins: {BUILTINS.describe()}."
+        ),
     )
-    default_max_new_tokens: int = Field(
-        256, ge=1, description="max_new_tokens of requests that leave it unset."
-    )
-    max_new_tokens: int = Field(
-        4096, ge=1, description="Upper bound of a request's max_new_tokens (larger is capped)."
-    )
-    max_messages: int = Field(64, ge=1, description="Most messages per request.")
-    max_images: int = Field(16, ge=0, description="Most images per request, all messages.")
     # --- image resolution (Qwen-style min/max pixel bounds of the image processor) ---
     default_min_pixels: int = Field(
         QWEN_MIN_PIXELS, ge=1, description="Default lower bound of width*height after resizing."
@@ -76,8 +70,6 @@ class VLSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Self:
-        if self.default_max_new_tokens > self.max_new_tokens:
-            raise ValueError("default_max_new_tokens must be <= max_new_tokens")
         if self.resolution_min_pixels > self.resolution_max_pixels:
             raise ValueError("resolution_min_pixels must be <= resolution_max_pixels")
         if not (

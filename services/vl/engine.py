@@ -2,11 +2,13 @@
 
 `prepare` (CPU pool: chat template, tokenization, image preprocessing, limit checks) and
 `generate` / `generate_batch` (device thread) are split so that the device only ever runs the
-model. No gRPC here: inputs and outputs are the plain types of services.vl.chat.
+model. No gRPC here: inputs and outputs are the plain types of services.vl.chat and
+services.runtime.chat.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -22,28 +24,33 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from services.runtime.devices import TorchOptions, device_memory_bytes, dtype_name, maybe_compile
-from services.runtime.engine import BatchOperation, Engine, EngineInfo
-from services.runtime.errors import FieldViolation, InvalidArgument, JobCancelled
-from services.runtime.executor import BatchSpec, JobContext
-from services.runtime.model_source import ModelSource, discover_family, resolve_model_dir
-from services.vl import batching, sampling
-from services.vl.chat import (
-    ChatInput,
-    ChatLimits,
+from services.runtime.builtin import resolve_model
+from services.runtime.chat.messages import (
     ChatOutput,
     FinishReason,
     ImagePart,
     Message,
     Role,
-    Sampling,
     TextPart,
 )
+from services.runtime.chat.sampling import (
+    ModelDefaults,
+    Sampling,
+    SamplingPlan,
+    resolve_sampling,
+)
+from services.runtime.devices import TorchOptions, device_memory_bytes, dtype_name, maybe_compile
+from services.runtime.engine import Engine, EngineInfo
+from services.runtime.errors import FieldViolation, InvalidArgument, JobCancelled
+from services.runtime.executor import JobContext
+from services.runtime.images import MAX_ASPECT_RATIO
+from services.runtime.model_source import discover_family
+from services.vl import batching
+from services.vl.builtin import BUILTINS
+from services.vl.chat import ChatInput, ChatLimits
 from services.vl.config import VLSettings
 from services.vl.generation import Row, new_row, run_generate
 from services.vl.processor import load_processor
-from services.vl.sampling import ModelDefaults, SamplingPlan
-from services.vl.tiny import tiny_model_dir
 
 log = logging.getLogger("mmserve.vl.engine")
 
@@ -53,8 +60,6 @@ _MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
     "qwen2_vl": Qwen2VLForConditionalGeneration,
 }
-# Qwen's smart_resize refuses images more elongated than this.
-_MAX_ASPECT_RATIO = 200
 _WARMUP_IMAGE_SIDE = 64
 
 
@@ -65,9 +70,7 @@ class PreparedChat:
 
     inputs: dict[str, torch.Tensor]
     input_tokens: int
-    max_new_tokens: int
-    plan: SamplingPlan
-    stop: tuple[str, ...]
+    plan: SamplingPlan  # max_new_tokens capped by the context's room too
     # Whether text deltas go out as they decode (StreamChat); in a batch each row has its own.
     stream: bool = False
 
@@ -85,6 +88,7 @@ class VLEngine(Engine):
         self.tokenizer: Any = None
         self.family = ""
         self.folder: Path | None = None
+        self.model_id = ""
         self.context_tokens = 0
         self.eos_ids: frozenset[int] = frozenset()
         self.pad_token_id = 0
@@ -98,7 +102,8 @@ class VLEngine(Engine):
         self.options = TorchOptions.from_specs(
             settings.device, settings.dtype, settings.attention, settings.compile
         )
-        folder = self._model_folder()
+        resolved = resolve_model(settings, BUILTINS)
+        folder, self.model_id = resolved.folder, resolved.model_id
         family = discover_family(folder)
         if family.library != "transformers":
             raise ValueError(
@@ -138,17 +143,6 @@ class VLEngine(Engine):
             self.context_tokens,
             sorted(self.eos_ids),
         )
-
-    def _model_folder(self) -> Path:
-        settings = self.settings
-        if not settings.model:
-            return tiny_model_dir()
-        source = ModelSource(
-            settings.model,
-            settings.revision,
-            str(settings.cache_dir) if settings.cache_dir else None,
-        )
-        return resolve_model_dir(source, allow_download=settings.allow_download)
 
     def _context_length(self) -> int:
         text_config = self.model.config.get_text_config()
@@ -197,7 +191,7 @@ class VLEngine(Engine):
             capabilities.append("batching")
         return EngineInfo(
             family=self.family,
-            model_id=self.settings.model or str(self.folder),
+            model_id=self.model_id,
             architecture=type(self.model).__name__,
             dtype=dtype_name(self.options.dtype),
             device=str(self.options.device),
@@ -221,12 +215,6 @@ class VLEngine(Engine):
             max_pixels=settings.resolution_max_pixels,
             resolution_supported=self.resolution_supported,
         )
-
-    def batch_operations(self) -> dict[str, BatchOperation]:
-        if not self.settings.batching:
-            return {}
-        spec = BatchSpec(self.settings.batch_max_size, self.settings.batch_max_wait_ms)
-        return {CHAT_KIND: BatchOperation(self.generate_batch, spec)}
 
     def memory_bytes(self) -> int | None:
         return device_memory_bytes(self.options.device) if self.options else None
@@ -269,13 +257,13 @@ class VLEngine(Engine):
                 "fewer or smaller images or less text"
             )
             raise InvalidArgument(why, [FieldViolation("messages", why)])
-        wanted = chat.sampling.max_new_tokens or self.settings.default_max_new_tokens
+        plan = resolve_sampling(
+            chat.sampling, self._model_defaults, self.settings.sampling_defaults()
+        )
         return PreparedChat(
             inputs=inputs,
             input_tokens=input_tokens,
-            max_new_tokens=min(wanted, self.settings.max_new_tokens, room),
-            plan=sampling.resolve(chat.sampling, self._model_defaults),
-            stop=chat.sampling.stop,
+            plan=dataclasses.replace(plan, max_new_tokens=min(plan.max_new_tokens, room)),
         )
 
     def _pixel_bounds(self, chat: ChatInput) -> tuple[int, int]:
@@ -284,16 +272,18 @@ class VLEngine(Engine):
         return low, high
 
     def _check_images(self, images: list[tuple[str, Image.Image]]) -> None:
+        """Qwen's smart_resize refuses images more elongated than the runtime's shared limit;
+        processors without pixel bounds take any shape, so only these models refuse them."""
         if not self.resolution_supported:
             return
         violations = [
             FieldViolation(
                 field,
                 f"image is {image.width}x{image.height}; this model takes images at most "
-                f"{_MAX_ASPECT_RATIO} times longer than wide",
+                f"{MAX_ASPECT_RATIO} times longer than wide",
             )
             for field, image in images
-            if max(image.size) > _MAX_ASPECT_RATIO * min(image.size)
+            if max(image.size) > MAX_ASPECT_RATIO * min(image.size)
         ]
         if violations:
             raise InvalidArgument(violations[0].description, violations)
@@ -353,8 +343,6 @@ class VLEngine(Engine):
             ctx,
             prepared.plan,
             tokenizer=self.tokenizer,
-            stops=prepared.stop,
-            max_new_tokens=prepared.max_new_tokens,
             input_tokens=prepared.input_tokens,
             stream=stream,
         )

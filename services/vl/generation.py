@@ -22,10 +22,11 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from services.runtime.chat.decoding import Decoder, TextAssembler
+from services.runtime.chat.messages import ChatOutput, FinishReason, TextDelta
+from services.runtime.chat.sampling import SamplingPlan
 from services.runtime.executor import JobContext
-from services.vl.chat import ChatOutput, FinishReason, TextDelta
-from services.vl.decoding import Decoder, TextAssembler
-from services.vl.sampling import RowSampler, SamplingPlan
+from services.vl.sampling import RowSampler
 
 
 @dataclass
@@ -33,8 +34,7 @@ class Row:
     """One request's state during generation."""
 
     ctx: JobContext
-    plan: SamplingPlan
-    max_new_tokens: int
+    plan: SamplingPlan  # its max_new_tokens already fits the context
     input_tokens: int
     assembler: TextAssembler
     stream: bool
@@ -78,12 +78,12 @@ class RowWatcher(StoppingCriteria):
             released = row.assembler.push(token)
             if row.assembler.stopped:
                 row.finish = FinishReason.STOP
-            elif row.output_tokens >= row.max_new_tokens:
+            elif row.output_tokens >= row.plan.max_new_tokens:
                 row.finish = FinishReason.LENGTH
                 released += row.assembler.finish()
         # Progress before the text: whoever sees a delta can rely on the job's step already
         # counting its token (both hop to the event loop in the order posted).
-        row.ctx.progress(row.output_tokens, row.max_new_tokens)
+        row.ctx.progress(row.output_tokens, row.plan.max_new_tokens)
         if released and row.stream:
             row.ctx.emit(TextDelta(released, row.output_tokens))
         return row.finish is not None
@@ -94,17 +94,14 @@ def new_row(
     plan: SamplingPlan,
     *,
     tokenizer: Decoder,
-    stops: tuple[str, ...],
-    max_new_tokens: int,
     input_tokens: int,
     stream: bool,
 ) -> Row:
     return Row(
         ctx=ctx,
         plan=plan,
-        max_new_tokens=max_new_tokens,
         input_tokens=input_tokens,
-        assembler=TextAssembler(tokenizer, stops),
+        assembler=TextAssembler(tokenizer, plan.stop),
         stream=stream,
     )
 
@@ -120,7 +117,7 @@ def run_generate(
     """Runs generate for `rows` (one per batch row of `inputs`, already on the device) and
     returns their outputs; a row stopped by its cancel token finishes CANCELLED."""
     config = GenerationConfig(
-        max_new_tokens=max(row.max_new_tokens for row in rows),
+        max_new_tokens=max(row.plan.max_new_tokens for row in rows),
         # Greedy at the generate level; RowSampler samples per row (see sampling.py). The
         # explicit values (transformers' own defaults, which it does not warn about) keep the
         # model's generation_config from adding warpers or a second repetition penalty.

@@ -6,33 +6,21 @@ All violations of a request are reported together, each naming its field as a do
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from PIL import Image
 
-from mmserve.common.v1 import chat_pb2, media_pb2
+from mmserve.common.v1 import media_pb2
 from mmserve.vl.v1 import vl_pb2
-from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from services.vl.chat import (
-    ChatInput,
-    ChatLimits,
-    ImagePart,
-    Message,
-    Resolution,
-    Role,
-    Sampling,
-    TextPart,
+from services.runtime.chat.messages import ImagePart, Message, Role, TextPart
+from services.runtime.chat.protos import (
+    ROLES,
+    invalid_request,
+    sampling_from_proto,
+    sampling_violations,
 )
-
-ROLES = {
-    chat_pb2.ROLE_SYSTEM: Role.SYSTEM,
-    chat_pb2.ROLE_USER: Role.USER,
-    chat_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
-}
-MAX_STOP_SEQUENCES = 16
-MAX_STOP_BYTES = 256
-MAX_TEMPERATURE = 2.0
+from services.runtime.errors import FailedPrecondition, FieldViolation
+from services.vl.chat import ChatInput, ChatLimits, Resolution
 
 
 def check_request(request: vl_pb2.ChatRequest, limits: ChatLimits) -> None:
@@ -40,12 +28,11 @@ def check_request(request: vl_pb2.ChatRequest, limits: ChatLimits) -> None:
     asks for a resolution this model's processor cannot honour."""
     violations = [
         *_check_messages(request.messages, limits),
-        *_check_sampling(request.sampling),
+        *sampling_violations(request.sampling),
         *_check_resolution(request.image_resolution, limits),
     ]
     if violations:
-        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        raise InvalidArgument(f"invalid request: {summary}", violations)
+        raise invalid_request(violations)
     resolution = request.image_resolution
     if (resolution.min_pixels or resolution.max_pixels) and not limits.resolution_supported:
         raise FailedPrecondition(
@@ -98,29 +85,6 @@ def _check_messages(
     return found
 
 
-def _check_sampling(params: chat_pb2.SamplingParams) -> list[FieldViolation]:
-    found: list[FieldViolation] = []
-    if params.HasField("max_new_tokens") and params.max_new_tokens < 1:
-        found.append(FieldViolation("sampling.max_new_tokens", "must be >= 1"))
-    if params.HasField("temperature") and not 0.0 <= params.temperature <= MAX_TEMPERATURE:
-        found.append(FieldViolation("sampling.temperature", "must be in [0, 2]"))
-    if params.HasField("top_p") and not 0.0 < params.top_p <= 1.0:
-        found.append(FieldViolation("sampling.top_p", "must be in (0, 1]"))
-    penalty = params.repetition_penalty
-    if params.HasField("repetition_penalty") and not (math.isfinite(penalty) and penalty > 0):
-        found.append(FieldViolation("sampling.repetition_penalty", "must be > 0"))
-    if len(params.stop) > MAX_STOP_SEQUENCES:
-        found.append(
-            FieldViolation("sampling.stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
-        )
-    for k, stop in enumerate(params.stop):
-        if not 1 <= len(stop.encode("utf-8")) <= MAX_STOP_BYTES:
-            found.append(
-                FieldViolation(f"sampling.stop[{k}]", f"must be 1..{MAX_STOP_BYTES} bytes")
-            )
-    return found
-
-
 def _check_resolution(
     resolution: vl_pb2.ImageResolution, limits: ChatLimits
 ) -> list[FieldViolation]:
@@ -167,20 +131,9 @@ def to_chat(request: vl_pb2.ChatRequest, images: Sequence[Image.Image]) -> ChatI
         )
         for message in request.messages
     )
-    params = request.sampling
     return ChatInput(
         messages=messages,
-        sampling=Sampling(
-            max_new_tokens=params.max_new_tokens if params.HasField("max_new_tokens") else None,
-            temperature=params.temperature if params.HasField("temperature") else None,
-            top_p=params.top_p if params.HasField("top_p") else None,
-            top_k=params.top_k if params.HasField("top_k") else None,
-            repetition_penalty=(
-                params.repetition_penalty if params.HasField("repetition_penalty") else None
-            ),
-            seed=params.seed if params.HasField("seed") else None,
-            stop=tuple(params.stop),
-        ),
+        sampling=sampling_from_proto(request.sampling),
         resolution=Resolution(
             min_pixels=request.image_resolution.min_pixels,
             max_pixels=request.image_resolution.max_pixels,

@@ -1,4 +1,5 @@
-"""Per-request decoding parameters, applied per batch row by one LogitsProcessor.
+"""Per-request decoding parameters (services.runtime.chat.sampling resolves them), applied
+per batch row by one LogitsProcessor.
 
 Why not generate(do_sample=True): transformers samples with the process-wide RNG and one set of
 parameters for the whole batch. Serving needs each request's own temperature, top-k, top-p,
@@ -11,84 +12,10 @@ return a one-hot mask that greedy decoding then picks.
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass
-from typing import Any
-
 import torch
-from transformers import GenerationConfig, LogitsProcessor
+from transformers import LogitsProcessor
 
-from services.vl.chat import Sampling
-
-# The contract's defaults for parameters neither the request nor the model sets.
-DEFAULT_TEMPERATURE = 0.0
-DEFAULT_TOP_P = 1.0
-DEFAULT_TOP_K = 0
-DEFAULT_REPETITION_PENALTY = 1.0
-
-
-@dataclass(frozen=True)
-class SamplingPlan:
-    """Resolved decoding parameters of one request."""
-
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
-    seed: int
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-@dataclass(frozen=True)
-class ModelDefaults:
-    """Decoding defaults from the model's generation_config.json; None where it sets none."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-
-    @classmethod
-    def from_generation_config(cls, config: GenerationConfig | None) -> ModelDefaults:
-        if config is None:
-            return cls()
-        # Sampling parameters only count when the model samples by default; a greedy model's
-        # leftover temperature must not turn its answers random.
-        sampled = bool(getattr(config, "do_sample", False))
-        penalty = getattr(config, "repetition_penalty", None)
-        return cls(
-            temperature=_number(config, "temperature") if sampled else None,
-            top_p=_number(config, "top_p") if sampled else None,
-            top_k=int(config.top_k) if sampled and config.top_k is not None else None,
-            repetition_penalty=float(penalty) if penalty is not None else None,
-        )
-
-
-def _number(config: GenerationConfig, name: str) -> float | None:
-    value: Any = getattr(config, name, None)
-    return None if value is None else float(value)
-
-
-def resolve(request: Sampling, model: ModelDefaults) -> SamplingPlan:
-    """Request value, else the model's default, else the contract's; a random seed if unset."""
-
-    def pick(given: Any, from_model: Any, fallback: Any) -> Any:
-        if given is not None:
-            return given
-        return from_model if from_model is not None else fallback
-
-    return SamplingPlan(
-        temperature=float(pick(request.temperature, model.temperature, DEFAULT_TEMPERATURE)),
-        top_p=float(pick(request.top_p, model.top_p, DEFAULT_TOP_P)),
-        top_k=int(pick(request.top_k, model.top_k, DEFAULT_TOP_K)),
-        repetition_penalty=float(
-            pick(request.repetition_penalty, model.repetition_penalty, DEFAULT_REPETITION_PENALTY)
-        ),
-        seed=request.seed if request.seed is not None else secrets.randbits(63),
-    )
+from services.runtime.chat.sampling import SamplingPlan
 
 
 class RowSampler(LogitsProcessor):

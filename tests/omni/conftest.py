@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="session")
 def smollm2_folder():
     """SmolLM2 converted from its GGUF once (the servers find the same cached folder)."""
-    from services.omni.bundled import smollm2_dir
+    from services.omni.builtin.bundled import smollm2_dir
 
     return smollm2_dir()
 

@@ -4,6 +4,7 @@ speech streams as PCM chunks of the stated size and rate, bad input gets the rig
 
 from __future__ import annotations
 
+import asyncio
 import io
 import wave
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmserve.common.v1 import chat_pb2, media_pb2
+from mmserve.common.v1 import chat_pb2, job_pb2, media_pb2
 from mmserve.omni.v1 import omni_pb2, omni_pb2_grpc
 from tests.omni.support import (
     audio_part,
@@ -27,6 +28,8 @@ from tests.omni.support import (
 )
 
 QUESTION = "What is the capital of France?"
+# Far more tokens than a cancel needs to arrive in: a job that kept running would show it.
+LONG_TOKENS = 400
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +129,9 @@ async def test_speech_stream_is_pcm_of_the_stated_rate_and_size(stub):
     # Text comes before the audio of its sentence.
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds.index("delta") < kinds.index("audio")
+    # A spoken reply runs as its own job kind (its ETA apart from text replies').
+    job = await stub.GetJob(job_pb2.GetJobRequest(job_id=events[0].accepted.job_id), timeout=10)
+    assert job.job.kind == "chat_speech"
 
     unary = await stub.Chat(request, timeout=120)
     assert unary.audio.format == media_pb2.AUDIO_FORMAT_WAV
@@ -201,3 +207,49 @@ async def test_unsupported_inputs_get_the_right_codes(stub):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Chat(chat_request(text_part("hi"), temperature=3.0), timeout=30)
     assert violations(caught.value) == ["sampling.temperature"]
+
+
+async def test_sampling_violations_come_together(stub):
+    bad = chat_request(text_part("hi"), temperature=3.0, top_p=0.0, stop=["ok", ""])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Chat(bad, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(caught.value) == [
+        "sampling.temperature",
+        "sampling.top_p",
+        "sampling.stop[1]",
+    ]
+
+
+async def test_cancel_job_ends_the_stream_with_a_cancelled_finish(server, stub):
+    story = chat_request(
+        text_part("Tell me a very long story about a dragon."), max_new_tokens=LONG_TOKENS, seed=11
+    )
+    events: list[omni_pb2.StreamChatResponse] = []
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        other_client = omni_pb2_grpc.OmniServiceStub(channel)
+
+        async def listen() -> None:
+            async for event in stub.StreamChat(story, timeout=300):
+                events.append(event)
+                if event.HasField("delta") and sum(e.HasField("delta") for e in events) == 2:
+                    cancel = job_pb2.CancelJobRequest(job_id=events[0].accepted.job_id)
+                    reply = await other_client.CancelJob(cancel, timeout=10)
+                    assert reply.job.state == job_pb2.JOB_STATE_CANCELLED
+                    assert reply.job.kind == "chat"
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(listen(), timeout=120)
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    assert events[-1].HasField("completed")
+    completed = events[-1].completed
+    assert completed.finish_reason == chat_pb2.FINISH_REASON_CANCELLED
+    assert completed.seed == 11
+    usage = completed.usage
+    assert 2 <= usage.output_tokens < LONG_TOKENS
+    assert usage.input_tokens > 0
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    assert usage.run_seconds > 0
+    # The device is free at once: a short chat does not queue behind the stopped story.
+    reply = await stub.Chat(chat_request(text_part("Hi"), max_new_tokens=2), timeout=60)
+    assert reply.usage.queue_seconds < 10

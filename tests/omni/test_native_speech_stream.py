@@ -21,16 +21,9 @@ from services.omni.families.base import Generated, SpeechTarget
 from services.omni.families.qwen_omni_base import QwenOmniBase
 from services.omni.families.streaming_vocoder import Code2WavStream, bigvgan_reach, dit_sample
 from services.omni.generation import GenerationHooks, seed_everything
-from services.omni.turns import (
-    AudioOut,
-    ChatJob,
-    FinishReason,
-    Message,
-    Role,
-    Sampling,
-    SpeechRequest,
-    TextPart,
-)
+from services.omni.turns import AudioOut, ChatJob, SpeechRequest
+from services.runtime.chat.messages import FinishReason, Message, Role, TextPart
+from services.runtime.chat.sampling import SamplingPlan
 from services.runtime.config import ConfigError, load_settings
 from services.runtime.devices import TorchOptions
 from tests.omni.support import start_omni, text_part, user
@@ -45,7 +38,7 @@ QWEN3_TALKER = 20  # codec steps: 19 frames reach code2wav (the last step's fram
 QWEN25_TALKER = 30  # codec codes: a random talker rarely ends on its own
 RATE = 24000
 MESSAGES = (Message(Role.USER, (TextPart("Hello there, how are you?"),)),)
-SAMPLING = Sampling(max_new_tokens=6, seed=SEED)
+SAMPLING = SamplingPlan(max_new_tokens=6, seed=SEED)
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +67,8 @@ def qwen3(engine):
 
 @pytest.fixture(scope="module")
 def qwen25():
+    from services.omni.builtin.tiny_qwen_omni import tiny_qwen_omni_dir
     from services.omni.families.qwen_omni import QwenOmniFamily
-    from services.omni.tiny_qwen_omni import tiny_qwen_omni_dir
 
     family = QwenOmniFamily(
         tiny_qwen_omni_dir(),
@@ -296,7 +289,7 @@ def test_engine_cancel_in_the_talker_sends_no_more_audio(engine, qwen3_whole):
         )
     finally:
         steps.close()
-    assert result.finish is FinishReason.CANCELLED
+    assert result.finish_reason is FinishReason.CANCELLED
     assert sent_at
     assert max(sent_at) < 12
     assert result.audio_seconds < len(qwen3_whole.waveform) / RATE

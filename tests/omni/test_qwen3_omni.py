@@ -35,7 +35,7 @@ RATE = 24000
 
 @pytest.fixture(scope="module")
 def folder():
-    from services.omni.tiny_qwen3_omni import tiny_qwen3_omni_dir
+    from services.omni.builtin.tiny_qwen3_omni import tiny_qwen3_omni_dir
 
     return tiny_qwen3_omni_dir()
 

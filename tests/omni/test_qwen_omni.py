@@ -18,7 +18,9 @@ from mmserve.common.v1 import chat_pb2, media_pb2
 from mmserve.omni.v1 import omni_pb2, omni_pb2_grpc
 from services.omni.families.base import ConversationState, Family, SpeechTarget
 from services.omni.generation import GenerationHooks, seed_everything
-from services.omni.turns import AudioPart, ImagePart, Message, Role, Sampling, TextPart
+from services.omni.turns import AudioPart
+from services.runtime.chat.messages import ImagePart, Message, Role, TextPart
+from services.runtime.chat.sampling import SamplingPlan
 from services.runtime.devices import TorchOptions
 from tests.omni.support import (
     EventLog,
@@ -45,7 +47,7 @@ SEED = 1234
 
 @pytest.fixture(scope="module")
 def folder():
-    from services.omni.tiny_qwen_omni import tiny_qwen_omni_dir
+    from services.omni.builtin.tiny_qwen_omni import tiny_qwen_omni_dir
 
     return tiny_qwen_omni_dir()
 
@@ -62,7 +64,7 @@ def server(workdir, folder):
         process = start_omni(
             workdir,
             [
-                "--local-model", "tiny-qwen2.5-omni",
+                "--model", "builtin:tiny-qwen2.5-omni",
                 "--talker-max-new-tokens", str(TALKER_TOKENS),
                 "--recordings-enabled",
                 "--vad-min-silence-ms", "400",
@@ -276,7 +278,7 @@ def check_session_reuse(family: Family) -> None:
     )
     hooks = GenerationHooks(lambda _text, _tokens: None, lambda: False)
     voice = SpeechTarget(family.traits.speakers[-1])
-    sampling = Sampling(max_new_tokens=6, seed=SEED)
+    sampling = SamplingPlan(max_new_tokens=6, seed=SEED)
     first_turn = (
         Message(Role.SYSTEM, (TextPart("You are a test."),)),
         Message(Role.USER, (ImagePart(picture()), AudioPart(clip()), TextPart("What is it?"))),

@@ -15,7 +15,7 @@ from services.omni.session_runner import (
     TurnDone,
 )
 from services.omni.sessions import Session, SessionManager, State, StateEvent
-from services.omni.turns import FinishReason
+from services.runtime.chat.messages import FinishReason
 
 
 @pytest.fixture

@@ -96,13 +96,12 @@ class Generate(Operation[SleepyRequest, SleepyRequest, bytes]):
 
     def parse(self, message: t2i_pb2.TextToImageRequest, call: CallFacts) -> SleepyRequest:
         params = message.params
-        problems = errors.Violations()
+        # One field at a time, as the edge and client tests expect its exact messages.
         if not params.prompt:
-            problems.add("params.prompt", "must not be empty")
+            raise errors.InvalidArgument.for_field("params.prompt", "must not be empty")
         size = params.width if params.HasField("width") else 8
         if size > 64:
-            problems.add("params.width", "must be <= 64")
-        problems.raise_if_any()
+            raise errors.InvalidArgument.for_field("params.width", "must be <= 64")
         steps = params.num_inference_steps if params.HasField("num_inference_steps") else 4
         return SleepyRequest(params.prompt, steps, size)
 

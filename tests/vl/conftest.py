@@ -15,14 +15,14 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def qwen25_dir() -> Path:
-    from services.vl.tiny import tiny_model_dir
+    from services.vl.builtin.qwen import tiny_model_dir
 
     return tiny_model_dir("qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")
 def qwen2_dir() -> Path:
-    from services.vl.tiny import tiny_model_dir
+    from services.vl.builtin.qwen import tiny_model_dir
 
     return tiny_model_dir("qwen2_vl")
 

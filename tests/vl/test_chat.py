@@ -11,11 +11,13 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from mmserve.common.v1 import chat_pb2
 from mmserve.vl.v1 import vl_pb2
+from services.runtime.chat.messages import ImagePart, Message, Role, TextPart
+from services.runtime.chat.sampling import Sampling
+from services.vl.builtin.qwen import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
 from services.vl.capability import CAPABILITY
-from services.vl.chat import ChatInput, ImagePart, Message, Role, Sampling, TextPart
+from services.vl.chat import ChatInput
 from services.vl.config import QWEN_DEFAULT_MAX_PIXELS, QWEN_MIN_PIXELS
 from services.vl.engine import VLEngine
-from services.vl.tiny import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
 from tests.support.servers import running_server
 from tests.vl.helpers import (
     ASSISTANT,
@@ -196,16 +198,16 @@ async def test_max_new_tokens_is_capped_by_config_and_context(server) -> None:
     engine: VLEngine = server.runtime.engine
     short = ChatInput((Message(Role.USER, (TextPart("Hi"),)),), Sampling(max_new_tokens=10**6))
     prepared = engine.prepare(short)
-    assert prepared.max_new_tokens == min(
+    assert prepared.plan.max_new_tokens == min(
         engine.settings.max_new_tokens, engine.context_tokens - prepared.input_tokens
     )
     long_text = TextPart("word " * (engine.context_tokens - 100))
     near_full = ChatInput((Message(Role.USER, (long_text,)),), Sampling(max_new_tokens=10**6))
     prepared = engine.prepare(near_full)
-    assert prepared.max_new_tokens == engine.context_tokens - prepared.input_tokens
-    assert 0 < prepared.max_new_tokens < 100
+    assert prepared.plan.max_new_tokens == engine.context_tokens - prepared.input_tokens
+    assert 0 < prepared.plan.max_new_tokens < 100
     unset = engine.prepare(ChatInput((Message(Role.USER, (TextPart("Hi"),)),)))
-    assert unset.max_new_tokens == engine.settings.default_max_new_tokens == 256
+    assert unset.plan.max_new_tokens == engine.settings.default_max_new_tokens == 256
 
 
 async def test_model_info_reports_family_and_limits(vl) -> None:

@@ -1,4 +1,4 @@
-"""The smaller pieces on their own: settings, sampling defaults, batch collation, the tiny
+"""The smaller pieces on their own: settings, per-row sampling, batch collation, the tiny
 models' tokenizer, and the processor built without torchvision."""
 
 from __future__ import annotations
@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GenerationConfig
 
+from services.runtime.builtin import resolve_model
+from services.runtime.chat.sampling import SamplingPlan
 from services.runtime.config import ConfigError, load_settings
 from services.vl.batching import collate
-from services.vl.chat import Sampling
+from services.vl.builtin import BUILTINS
+from services.vl.builtin.qwen import IM_END_ID, IMAGE_PAD_ID, VISION_START_ID
 from services.vl.config import VLSettings
-from services.vl.sampling import ModelDefaults, RowSampler, SamplingPlan, resolve
-from services.vl.tiny import IM_END_ID, IMAGE_PAD_ID, VISION_START_ID
+from services.vl.sampling import RowSampler
 from tests.vl.helpers import Reference
 
 
@@ -30,30 +31,12 @@ def test_settings_defaults_and_bounds() -> None:
         load_settings(VLSettings, ["--default-min-pixels", "100"])
 
 
-def test_sampling_defaults_come_from_request_then_model_then_contract() -> None:
-    sampled_model = ModelDefaults.from_generation_config(
-        GenerationConfig(
-            do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05
-        )
-    )
-    plan = resolve(Sampling(temperature=0.3, seed=7), sampled_model)
-    assert (plan.temperature, plan.top_p, plan.top_k) == (0.3, 0.8, 20)
-    assert plan.repetition_penalty == pytest.approx(1.05)
-    assert plan.seed == 7
-    # A greedy model's leftover sampling values do not make answers random.
-    greedy_model = ModelDefaults.from_generation_config(GenerationConfig(temperature=0.7))
-    plan = resolve(Sampling(), greedy_model)
-    assert plan.greedy
-    assert (plan.top_p, plan.top_k) == (1.0, 0)
-    assert resolve(Sampling(), greedy_model).seed != plan.seed  # random seed when unset
-
-
 def test_row_sampler_is_greedy_per_row_and_repeatable() -> None:
     torch.manual_seed(0)
     scores = torch.randn(2, 1000)
     ids = torch.zeros(2, 3, dtype=torch.long)
-    greedy = SamplingPlan(0.0, 1.0, 0, 1.0, seed=1)
-    sampled = SamplingPlan(1.0, 0.9, 50, 1.0, seed=1)
+    greedy = SamplingPlan(max_new_tokens=1, seed=1)
+    sampled = SamplingPlan(max_new_tokens=1, temperature=1.0, top_p=0.9, top_k=50, seed=1)
     out = RowSampler([greedy, sampled], torch.device("cpu"))(ids, scores.clone())
     assert torch.equal(out[0], scores[0])  # greedy row untouched
     picked = int(out[1].argmax())
@@ -110,3 +93,14 @@ def test_tiny_model_folder_is_a_real_checkpoint_layout(
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def test_builtin_spellings_resolve_to_the_tiny_models(qwen25_dir: Path, qwen2_dir: Path) -> None:
+    default = resolve_model(load_settings(VLSettings, []), BUILTINS)
+    assert default.folder == qwen25_dir
+    assert default.model_id.startswith("builtin:qwen2.5-vl")
+    chosen = resolve_model(load_settings(VLSettings, ["--model", "builtin:qwen2-vl"]), BUILTINS)
+    assert chosen.folder == qwen2_dir
+    assert chosen.random_weights
+    with pytest.raises(ValueError, match=r"builtin:qwen2\.5-vl"):
+        resolve_model(load_settings(VLSettings, ["--model", "builtin:nope"]), BUILTINS)

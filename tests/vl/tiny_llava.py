@@ -1,7 +1,7 @@
 """A tiny LLaVA (CLIP vision tower + Qwen2 language model) for the "any AutoModelForImageText-
 ToText model" path: a family the service has no special code for, with a fixed-resolution
 image processor and no video processor. Test-only; the service's own builders are the Qwen
-ones in services.vl.tiny."""
+ones in services.vl.builtin.qwen."""
 
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.omni.generation import GenerationHooks
-from services.omni.turns import FinishReason, FloatAudio, Message, Sampling
+from services.omni.turns import FloatAudio
+from services.runtime.chat.messages import FinishReason, Message
+from services.runtime.chat.sampling import ModelDefaults, SamplingPlan
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class FamilyTraits:
     voice_cloning: bool = False
     max_context_tokens: int = 0
     # generation_config.json values that fill unset request fields
-    sampling_defaults: dict[str, Any] = field(default_factory=dict)
+    sampling_defaults: ModelDefaults = field(default_factory=ModelDefaults)
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Family(ABC):
     def generate(
         self,
         messages: tuple[Message, ...],
-        sampling: Sampling,
+        sampling: SamplingPlan,
         hooks: GenerationHooks,
         *,
         speech: SpeechTarget | None = None,

@@ -23,25 +23,12 @@ from services.omni.generation import (
     TextDeltaStreamer,
     sampling_kwargs,
 )
-from services.omni.turns import Message, Sampling, TextPart
+from services.runtime.chat.messages import Message, TextPart
+from services.runtime.chat.sampling import ModelDefaults, SamplingPlan
 from services.runtime.devices import TorchOptions, device_memory_bytes, maybe_compile
 from services.runtime.errors import InvalidArgument
 
 log = logging.getLogger("mmserve.omni")
-
-
-def generation_defaults(generation_config: Any) -> dict[str, Any]:
-    """The sampling values a model ships in generation_config.json (used for unset fields)."""
-    defaults: dict[str, Any] = {}
-    if getattr(generation_config, "do_sample", False):
-        for name in ("temperature", "top_p", "top_k"):
-            value = getattr(generation_config, name, None)
-            if value is not None:
-                defaults[name] = value
-    penalty = getattr(generation_config, "repetition_penalty", None)
-    if penalty not in (None, 1.0):
-        defaults["repetition_penalty"] = penalty
-    return defaults
 
 
 def eos_ids(generation_config: Any, tokenizer: Any) -> frozenset[int]:
@@ -91,7 +78,7 @@ class ChatLlmFamily(Family):
             family=str(config.model_type),
             architecture=type(self.model).__name__,
             max_context_tokens=context,
-            sampling_defaults=generation_defaults(self.model.generation_config),
+            sampling_defaults=ModelDefaults.from_generation_config(self.model.generation_config),
         )
 
     def prompt_ids(self, messages: tuple[Message, ...]) -> list[int]:
@@ -105,7 +92,7 @@ class ChatLlmFamily(Family):
     def generate(
         self,
         messages: tuple[Message, ...],
-        sampling: Sampling,
+        sampling: SamplingPlan,
         hooks: GenerationHooks,
         *,
         speech: SpeechTarget | None = None,
@@ -113,6 +100,7 @@ class ChatLlmFamily(Family):
     ) -> Generated:
         ids = self.prompt_ids(messages)
         max_new = cap_new_tokens(len(ids), sampling.max_new_tokens, self.traits.max_context_tokens)
+        hooks.prompt(len(ids))
         streamer = TextDeltaStreamer(self.tokenizer, hooks.on_text, sampling.stop, self._eos)
         stopping = HookStopping(streamer, hooks.should_stop)
         device = self._options.device
@@ -147,7 +135,7 @@ class ChatLlmFamily(Family):
 
 
 def _text_of(message: Message) -> str:
-    if any(not isinstance(part, TextPart) for part in message.parts):
+    if any(not isinstance(part, TextPart) for part in message.content):
         raise ValueError("chat LLM messages must be text only (the engine transcribes audio)")
     return message.text()
 

@@ -27,7 +27,9 @@ from services.omni.families.base import (
     SpeechTarget,
 )
 from services.omni.generation import GenerationHooks
-from services.omni.turns import AudioPart, FinishReason, ImagePart, Message, Sampling, TextPart
+from services.omni.turns import AudioPart
+from services.runtime.chat.messages import FinishReason, ImagePart, Message, TextPart
+from services.runtime.chat.sampling import SamplingPlan
 from services.runtime.devices import TorchOptions, device_memory_bytes
 
 log = logging.getLogger("mmserve.omni")
@@ -79,7 +81,7 @@ class MiniCpmOFamily(Family):
     def generate(
         self,
         messages: tuple[Message, ...],
-        sampling: Sampling,
+        sampling: SamplingPlan,
         hooks: GenerationHooks,
         *,
         speech: SpeechTarget | None = None,
@@ -92,7 +94,7 @@ class MiniCpmOFamily(Family):
             )
         for message in messages:
             content: list[Any] = []
-            for part in message.parts:
+            for part in message.content:
                 if isinstance(part, TextPart):
                     content.append(part.text)
                 elif isinstance(part, ImagePart):

@@ -9,7 +9,6 @@ qwen_omni_base: the processor without a video processor, the prompt, KV reuse in
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,6 @@ from transformers import Qwen3OmniMoeProcessor
 
 from services.omni.families.qwen_omni_base import (
     QwenOmniBase,
-    load_omni_processor,
     omni_processor_class,
 )
 from services.omni.families.streaming_vocoder import Code2WavStream
@@ -34,10 +32,6 @@ QWEN3_OMNI_CHAT_TEMPLATE = (
 
 # Qwen3OmniMoeProcessor that accepts a missing video processor (no torchvision here).
 Qwen3OmniProcessor = omni_processor_class(Qwen3OmniMoeProcessor)
-
-
-def load_qwen3_processor(folder: Path) -> Any:
-    return load_omni_processor(folder, Qwen3OmniProcessor, QWEN3_OMNI_CHAT_TEMPLATE)
 
 
 class Qwen3OmniFamily(QwenOmniBase):

@@ -52,7 +52,6 @@ from services.omni.families.chat_llm import (
     cap_new_tokens,
     crop_cache,
     eos_ids,
-    generation_defaults,
     shared_prefix,
 )
 from services.omni.families.streaming_vocoder import TalkerSpeechStream
@@ -62,7 +61,9 @@ from services.omni.generation import (
     TextDeltaStreamer,
     sampling_kwargs,
 )
-from services.omni.turns import AudioPart, ImagePart, Message, Role, Sampling, TextPart
+from services.omni.turns import AudioPart
+from services.runtime.chat.messages import ImagePart, Message, Role, TextPart
+from services.runtime.chat.sampling import ModelDefaults, SamplingPlan
 from services.runtime.devices import TorchOptions, device_memory_bytes, maybe_compile
 
 log = logging.getLogger("mmserve.omni")
@@ -257,7 +258,7 @@ class QwenOmniBase(Family):
             speech_sample_rate=SPEECH_SAMPLE_RATE if speaks else 0,
             speakers=tuple(self._speakers),
             max_context_tokens=context,
-            sampling_defaults=generation_defaults(self.model.generation_config),
+            sampling_defaults=ModelDefaults.from_generation_config(self.model.generation_config),
         )
 
     def memory_bytes(self) -> int | None:
@@ -278,7 +279,7 @@ class QwenOmniBase(Family):
             conversation.append({"role": "system", "content": system})
         for message in messages:
             content: list[dict[str, Any]] = []
-            for part in message.parts:
+            for part in message.content:
                 if isinstance(part, TextPart):
                     content.append({"type": "text", "text": part.text})
                 elif isinstance(part, ImagePart):
@@ -411,7 +412,7 @@ class QwenOmniBase(Family):
     def generate(
         self,
         messages: tuple[Message, ...],
-        sampling: Sampling,
+        sampling: SamplingPlan,
         hooks: GenerationHooks,
         *,
         speech: SpeechTarget | None = None,
@@ -424,6 +425,7 @@ class QwenOmniBase(Family):
         prompt_tokens = int(ids.shape[1])
         context = self.traits.max_context_tokens
         max_new = cap_new_tokens(prompt_tokens, sampling.max_new_tokens, context)
+        hooks.prompt(prompt_tokens)
         plan = self._plan(state, ids[0].tolist(), media, speech is not None)
         tokenizer = self.processor.tokenizer
         streamer = TextDeltaStreamer(tokenizer, hooks.on_text, sampling.stop, self._eos)

@@ -95,6 +95,18 @@ def tiny_model_dir(family: str = DEFAULT_FAMILY, size: str = "tiny") -> Path:
     return cached_model_dir(f"{family}-{size}", spec, lambda folder: _build(folder, spec))
 
 
+def tiny_qwen25_vl_dir() -> Path:
+    return tiny_model_dir("qwen2_5_vl", "tiny")
+
+
+def small_qwen25_vl_dir() -> Path:
+    return tiny_model_dir("qwen2_5_vl", "small")
+
+
+def tiny_qwen2_vl_dir() -> Path:
+    return tiny_model_dir("qwen2_vl", "tiny")
+
+
 def _build(folder: Path, spec: dict[str, Any]) -> None:
     # Imported here: a cache hit should not pay for the model classes.
     from transformers import GenerationConfig

@@ -1,7 +1,7 @@
 """Turning generated token ids into streamed text: whole characters only, stop sequences cut.
 
-Both pieces are pure Python over a tokenizer's `decode`, so they are unit-testable and run the
-same for one request or a batch row.
+The pieces are pure Python over a tokenizer's `decode`, so they are unit-testable and run the
+same for one request, a batch row or a transformers streamer.
 """
 
 from __future__ import annotations

@@ -1,0 +1,311 @@
+"""mmserve.omni.v1.OmniService as operations: Chat and StreamChat run one chat job (validated on
+the loop, media decoded on the CPU pool, the reply generated on the device thread); sessions,
+voices and model info are answered on the loop (`session_ops` for the sessions)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from mmserve.common.v1 import media_pb2
+from mmserve.omni.v1 import omni_pb2
+from services.omni.audio import PCM, AudioLimits, wav_bytes
+from services.omni.chat_stream import OmniChatStream
+from services.omni.config import OmniSettings
+from services.omni.engine import OmniEngine, VoiceChoice
+from services.omni.requests import (
+    CheckedMessage,
+    MediaPolicy,
+    check_messages,
+    decode_audio_message,
+    decode_messages,
+    speech_chunk_ms,
+)
+from services.omni.session_ops import session_handlers
+from services.omni.session_runner import Mode
+from services.omni.turns import ChatJob, ChatResult, SpeechRequest
+from services.omni.voices import VOICE_PREFIX
+from services.runtime import job_protos
+from services.runtime.app import ServiceRuntime
+from services.runtime.chat.protos import finish_reason_proto, parse_sampling
+from services.runtime.chat.sampling import SamplingPlan
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError
+from services.runtime.executor import JobContext
+from services.runtime.operations import (
+    CallFacts,
+    Inline,
+    InlineStream,
+    Operation,
+    OperationTable,
+    StreamRenderer,
+    Usage,
+)
+from services.runtime.pipeline import Pipeline
+
+_MODE_ENUMS = {
+    Mode.CHAT: omni_pb2.SESSION_MODE_CHAT,
+    Mode.HALF_DUPLEX: omni_pb2.SESSION_MODE_HALF_DUPLEX,
+    Mode.AUDIO_DUPLEX: omni_pb2.SESSION_MODE_AUDIO_DUPLEX,
+    Mode.OMNI_DUPLEX: omni_pb2.SESSION_MODE_OMNI_DUPLEX,
+}
+
+
+def media_policy(runtime: ServiceRuntime) -> MediaPolicy:
+    settings = runtime.settings_as(OmniSettings)
+    return MediaPolicy(
+        uris=runtime.uri_policy,
+        audio=AudioLimits(settings.max_audio_seconds, settings.max_audio_bytes),
+        load_image=runtime.load_image,
+    )
+
+
+# ---- chat -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """A checked Chat request: media still encoded."""
+
+    messages: tuple[CheckedMessage, ...]
+    sampling: SamplingPlan
+    speech: SpeechRequest
+    voice: VoiceChoice
+    stream: bool
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    job: ChatJob
+    voice: VoiceChoice
+    stream: bool
+
+
+class ChatOperation(Operation[ChatCall, PreparedChat, ChatResult]):
+    """Chat and StreamChat. A spoken reply takes far longer than a text one, so each has its
+    own job kind (`chat`, `chat_speech`) and thus its own ETA; `ChatByKind` picks one per call."""
+
+    def __init__(self, runtime: ServiceRuntime, kind: str, policy: MediaPolicy) -> None:
+        super().__init__(runtime)
+        self.kind = kind
+        self.engine = runtime.engine_as(OmniEngine)
+        self.settings = runtime.settings_as(OmniSettings)
+        self.policy = policy
+
+    def parse(self, message: omni_pb2.ChatRequest, call: CallFacts) -> ChatCall:
+        sampling = self.engine.resolve_sampling(parse_sampling(message.sampling))
+        speech = SpeechRequest(
+            enabled=message.speech.enabled,
+            voice=message.speech.voice,
+            chunk_ms=speech_chunk_ms(message.speech, self.settings.chunk_ms),
+        )
+        voice = self.engine.resolve_voice(speech)
+        settings = self.settings
+        messages = check_messages(
+            list(message.messages), settings.max_messages, settings.max_images
+        )
+        return ChatCall(messages, sampling, speech, voice, call.streaming)
+
+    def prepare(self, request: ChatCall) -> PreparedChat:
+        messages = decode_messages(request.messages, self.policy)
+        self.engine.check_inputs(messages)
+        job = ChatJob(messages, request.sampling, request.speech)
+        return PreparedChat(job, request.voice, request.stream)
+
+    def run(self, prepared: PreparedChat, ctx: JobContext) -> ChatResult:
+        return self.engine.chat(ctx, prepared.job, prepared.voice, stream=prepared.stream)
+
+    async def render(self, result: ChatResult, usage: Usage) -> omni_pb2.ChatResponse:
+        reply = omni_pb2.ChatResponse(
+            text=result.text,
+            finish_reason=finish_reason_proto(result.finish_reason),
+            usage=job_protos.usage(
+                usage, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+            ),
+            seed=result.seed,
+        )
+        if result.sample_rate:
+            data = await self.runtime.run_cpu(wav_bytes, result.audio, result.sample_rate)
+            reply.audio.CopyFrom(
+                media_pb2.Audio(
+                    data=data,
+                    format=media_pb2.AUDIO_FORMAT_WAV,
+                    sample_rate_hz=result.sample_rate,
+                    channels=1,
+                )
+            )
+        return reply
+
+    def stream_renderer(self, prepared: PreparedChat) -> StreamRenderer[ChatResult]:
+        return OmniChatStream(seed=prepared.job.sampling.seed)
+
+
+class ChatByKind:
+    """The chat operation of a request's job kind. The pipeline runs an operation under its one
+    `kind`, so Chat and StreamChat hand each call to the text or the speech operation."""
+
+    def __init__(self, runtime: ServiceRuntime, policy: MediaPolicy) -> None:
+        self.runtime = runtime
+        self.text = ChatOperation(runtime, "chat", policy)
+        self.speech = ChatOperation(runtime, "chat_speech", policy)
+
+    def pick(self, message: omni_pb2.ChatRequest) -> ChatOperation:
+        return self.speech if message.speech.enabled else self.text
+
+    def pipeline(self) -> Pipeline:
+        if self.runtime.pipeline is None:
+            raise RuntimeError("omni operations are served without a pipeline")
+        return self.runtime.pipeline
+
+
+class Chat(Inline):
+    def __init__(self, runtime: ServiceRuntime, chats: ChatByKind) -> None:
+        super().__init__(runtime)
+        self.chats = chats
+
+    async def respond(self, message: omni_pb2.ChatRequest, context: Any) -> omni_pb2.ChatResponse:
+        operation = self.chats.pick(message)
+        reply: omni_pb2.ChatResponse = await self.chats.pipeline().unary(
+            operation, "Chat", message, context
+        )
+        return reply
+
+
+class StreamChat(InlineStream):
+    def __init__(self, runtime: ServiceRuntime, chats: ChatByKind) -> None:
+        super().__init__(runtime)
+        self.chats = chats
+
+    async def stream(
+        self, message: omni_pb2.ChatRequest, context: Any
+    ) -> AsyncIterator[omni_pb2.StreamChatResponse]:
+        operation = self.chats.pick(message)
+        replies = self.chats.pipeline().stream(
+            operation, "StreamChat", omni_pb2.StreamChatResponse, message, context
+        )
+        async for reply in replies:
+            yield reply
+
+
+# ---- voices ---------------------------------------------------------------------------------
+
+
+class VoiceHandler(Inline):
+    def __init__(self, runtime: ServiceRuntime, policy: MediaPolicy) -> None:
+        super().__init__(runtime)
+        self.engine = runtime.engine_as(OmniEngine)
+        self.settings = runtime.settings_as(OmniSettings)
+        self.policy = policy
+
+
+class RegisterVoice(VoiceHandler):
+    """Decodes the sample and writes it to the registry on the CPU pool; no model runs."""
+
+    async def respond(
+        self, message: omni_pb2.RegisterVoiceRequest, context: Any
+    ) -> omni_pb2.RegisterVoiceResponse:
+        self.runtime.ensure_ready()  # the registry is read while the model loads
+        name = message.name.strip()
+        if not 1 <= len(name) <= 64:
+            raise InvalidArgument.for_field("name", "must be 1..64 characters")
+        if not message.HasField("sample"):
+            raise InvalidArgument.for_field("sample", "a speech sample is required")
+        settings = self.settings
+        limits = AudioLimits(
+            settings.voice_max_seconds, settings.voice_max_bytes, settings.voice_min_seconds
+        )
+        samples = await self.runtime.run_cpu(
+            decode_audio_message,
+            message.sample,
+            "sample",
+            self.policy,
+            limits,
+            ("WAV", "FLAC", PCM),
+        )
+        voice = await self.runtime.run_cpu(
+            self.engine.voices.register, name, samples, message.transcript
+        )
+        return omni_pb2.RegisterVoiceResponse(
+            voice=omni_pb2.Voice(
+                voice_id=voice.voice_id,
+                name=voice.name,
+                registered=True,
+                sample_seconds=voice.sample_seconds,
+            )
+        )
+
+
+class ListVoices(VoiceHandler):
+    async def respond(
+        self, message: omni_pb2.ListVoicesRequest, context: Any
+    ) -> omni_pb2.ListVoicesResponse:
+        self.runtime.ensure_ready()
+        reply = omni_pb2.ListVoicesResponse()
+        for speaker in self.engine.features().speakers:
+            reply.voices.add(voice_id=speaker, name=speaker, registered=False)
+        for voice in await self.runtime.run_cpu(self.engine.voices.list):
+            reply.voices.add(
+                voice_id=voice.voice_id,
+                name=voice.name,
+                registered=True,
+                sample_seconds=voice.sample_seconds,
+            )
+        return reply
+
+
+class DeleteVoice(VoiceHandler):
+    async def respond(
+        self, message: omni_pb2.DeleteVoiceRequest, context: Any
+    ) -> omni_pb2.DeleteVoiceResponse:
+        voice_id = message.voice_id
+        if not voice_id:
+            raise InvalidArgument.for_field("voice_id", "required")
+        self.runtime.ensure_ready()
+        if voice_id in self.engine.features().speakers:
+            raise FailedPrecondition(f"{voice_id} is a built-in speaker and cannot be deleted")
+        if not voice_id.startswith(VOICE_PREFIX):
+            raise NotFound(f"voice {voice_id} is not registered")
+        await self.runtime.run_cpu(self.engine.voices.delete, voice_id)
+        return omni_pb2.DeleteVoiceResponse()
+
+
+# ---- info -----------------------------------------------------------------------------------
+
+
+class GetModelInfo(Inline):
+    async def respond(
+        self, message: omni_pb2.GetModelInfoRequest, context: Any
+    ) -> omni_pb2.GetModelInfoResponse:
+        settings = self.runtime.settings_as(OmniSettings)
+        reply = omni_pb2.GetModelInfoResponse(model_info=self.runtime.model_info())
+        reply.limits.max_new_tokens = settings.max_new_tokens
+        reply.limits.max_audio_seconds = settings.max_audio_seconds
+        reply.limits.max_images = settings.max_images
+        reply.limits.max_sessions = settings.max_sessions
+        try:
+            self.runtime.ensure_ready()
+        except ServingError:
+            return reply  # while loading, only what the settings say
+        features = self.runtime.engine_as(OmniEngine).features()
+        reply.limits.max_context_tokens = features.max_context_tokens
+        reply.supports_audio_input = features.audio_input
+        reply.supports_speech_output = features.speech_output
+        reply.supports_image_input = features.image_input
+        reply.output_sample_rate_hz = features.output_sample_rate
+        reply.session_modes.extend(_MODE_ENUMS[Mode(mode)] for mode in features.session_modes)
+        return reply
+
+
+def operations(runtime: ServiceRuntime) -> OperationTable:
+    """Every method of mmserve.omni.v1.OmniService but GetJob and CancelJob (the runtime's)."""
+    policy = media_policy(runtime)
+    chats = ChatByKind(runtime, policy)
+    return {
+        "Chat": Chat(runtime, chats),
+        "StreamChat": StreamChat(runtime, chats),
+        **session_handlers(runtime, policy),
+        "RegisterVoice": RegisterVoice(runtime, policy),
+        "ListVoices": ListVoices(runtime, policy),
+        "DeleteVoice": DeleteVoice(runtime, policy),
+        "GetModelInfo": GetModelInfo(runtime),
+    }
