@@ -34,7 +34,7 @@ from mmserve.vision.v1 import vision_pb2  # noqa: F401
 from mmserve.vl.v1 import vl_pb2  # noqa: F401
 from services.runtime.config import ServiceSettings, load_settings
 from services.runtime.engine import Engine
-from services.runtime.server import Capability, ServiceServer
+from services.runtime.server import Capability, ServiceServer, imported
 from tests.reliability.security.conftest import Keys
 from tests.support.servers import LOOPBACK
 
@@ -58,7 +58,7 @@ class StillLoading:
         self.release = threading.Event()
 
     def create_engine(self, settings: ServiceSettings) -> Engine:
-        engine = self.cap.create_engine(settings)
+        engine = imported(self.cap.create_engine)(settings)
         engine.load = self.load  # type: ignore[method-assign]
         return engine
 
