@@ -28,16 +28,25 @@ CAPABILITIES = ("vision", "t2i", "vl", "omni", "edge", "clients")
 
 
 def setup_environment(threads: int) -> None:
-    """Before torch is imported: no hub, passive OpenMP waiting and the same thread count in
-    this process and every server it starts (they inherit the environment). With OpenMP's
-    default spin-waiting, two processes taking turns on 2 cores slowed each other's jobs
-    10-50x (bench/results/t2i.md), which measures the spinning, not the serving."""
+    """Before torch is imported: no hub, and the same thread count in this process and every
+    server it starts (they inherit the environment). Nothing else: the in-process baselines
+    run the model card's recipe with the libraries' defaults (OpenMP's own wait policy
+    included), and each server applies its own tuning from its settings (`openmp_wait_policy`,
+    `gil_switch_interval_ms`), which is the server's advantage to earn, not the baseline's
+    handicap. The cells of a round run one at a time, so an idle process costs the others
+    nothing but OpenMP's short spin after its last job."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+
+
+BASELINE_ENVIRONMENT = (
+    "in-process baselines: the model card's recipe on the bench's main thread, library defaults "
+    "(no OMP_WAIT_POLICY or server tuning), same torch thread count as the servers; servers: "
+    "their own settings; cells run one at a time in interleaved rounds"
+)
 
 
 # --- the plan ---------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ def markdown(
         + ", ".join(f"{k} {v}" for k, v in meta.get("facts", {}).items() if k != "platform")
         + ".",
         "",
+        f"Environment: {meta.get('environment', 'not recorded')}.",
+        "",
         "Load average (1 min) while each capability ran (other work shares this machine):",
         "",
         "| capability | model | minutes | load average | status |",

@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(plan.threads)
     if plan.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to this torch build")
-    from bench.harness import machine_facts, machine_kind
+    from bench.harness import BASELINE_ENVIRONMENT, machine_facts, machine_kind
 
     started = time.time()
     meta: dict[str, Any] = {
@@ -277,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "options": asdict(options),
         "plan": asdict(plan),
         "facts": machine_facts(),
+        "environment": BASELINE_ENVIRONMENT,
     }
     more = "".join(f", {cap} {n}" for cap, n in plan.rounds.items())
     log(f"{meta['machine']}; plan {plan.profile}, {plan.repeats} runs per figure{more}")

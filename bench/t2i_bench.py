@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,9 @@ PREVIEW_EVERY = 5
 
 
 class InProcess:
-    """The diffusers pipeline on the server's device and dtype (UNet compiled as the service
-    compiles its denoiser), called on a dedicated thread like the executor's device thread."""
+    """The diffusers recipe on the server's device and dtype (UNet compiled as the service
+    compiles its denoiser), loaded and called on the calling (main) thread, as a user's
+    script does."""
 
     def __init__(self, folder: Path, plan: kit.Plan) -> None:
         import torch
@@ -52,7 +52,6 @@ class InProcess:
         if plan.compile:
             maybe_compile(self.pipe.unet, True)
         self.size, self.steps = plan.sizes["t2i_size"], plan.sizes["t2i_steps"]
-        self.device = ThreadPoolExecutor(1, thread_name_prefix="device")
         self.torch = torch
 
     def _job(self) -> float:
@@ -69,13 +68,10 @@ class InProcess:
         return time.perf_counter() - started
 
     def job(self, _index: int) -> tuple[kit.Sample, float]:
-        return kit.Sample(self.device.submit(self._job).result(), batch=1), 1.0
+        return kit.Sample(self._job(), batch=1), 1.0
 
     def measure(self, jobs: int) -> kit.Run:
         return kit.timed_sequence(self.job, jobs)
-
-    def close(self) -> None:
-        self.device.shutdown()
 
 
 def request(size: int, steps: int, every: int = 0) -> Any:
@@ -138,7 +134,6 @@ def benchmark(
     with kit.teardown() as (loop, closers):
         log("t2i: loading the in-process pipeline and starting the server")
         local = InProcess(folder, plan)
-        closers.append(local.close)
         args = [
             "--model", str(folder),
             "--max-size", str(max(size, 1024)),
