@@ -108,16 +108,17 @@ SD_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def t2i_model_dir(profile: str) -> Path:
-    from services.t2i.builtin.stable_diffusion import build_stable_diffusion
+    from services.t2i.builtin import stable_diffusion
 
     config = SD_CONFIGS[profile]
-    name = "stable_diffusion" if profile == "tiny" else f"bench-sd-{profile}"
     if profile == "tiny":
-        # The tests' tiny pipeline, from services.t2i.builtin's cache (same config, same entry).
-        from services.t2i.builtin import tiny_model_dir
-
-        return tiny_model_dir(name, config)
-    return cached_model_dir(name, config, lambda folder: build_stable_diffusion(folder, config))
+        # The built-in's own builder and cache entry, with the 8x VAE above.
+        return stable_diffusion.model_dir(config)
+    return cached_model_dir(
+        f"bench-sd-{profile}",
+        config,
+        lambda folder: stable_diffusion.build_stable_diffusion(folder, config),
+    )
 
 
 # --- vl: Qwen2.5-VL-like models -----------------------------------------------------------------

@@ -59,7 +59,7 @@ def model_flags(plan: kit.Plan) -> list[str]:
 
 def native_flags(plan: kit.Plan, chunk_codes: int) -> list[str]:
     return [
-        *("--local-model", "tiny-qwen3-omni", "--asr-model", "none", "--tts-model", "none"),
+        *("--model", "builtin:tiny-qwen3-omni", "--asr-model", "none", "--tts-model", "none"),
         *("--talker-max-new-tokens", str(NATIVE_FRAMES)),
         *("--native-speech-chunk-codes", str(chunk_codes)),
         *plan.server_flags("omni"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from services.omni import CAPABILITY
+from services.omni.capability import CAPABILITY
 from services.runtime.server import main
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from services.omni.turns import (
 )
 from services.omni.vad import SileroModel, VadConfig, VoiceActivityDetector
 from services.omni.voices import VOICE_PREFIX, VoiceRegistry
-from services.runtime.builtin import ResolvedModel, deprecated_spelling, resolve_model
+from services.runtime.builtin import resolve_model
 from services.runtime.chat.messages import (
     FinishReason,
     ImagePart,
@@ -54,16 +54,6 @@ from services.runtime.model_source import discover_family
 log = logging.getLogger("mmserve.omni")
 
 SESSION_MODES = ("chat", "half_duplex", "audio_duplex", "omni_duplex")
-
-
-def resolved_model(settings: OmniSettings) -> ResolvedModel:
-    """Where the configured model is: `--model` (a folder, a hub id or `builtin:<name>`), the
-    default built-in when empty. The older `local_model` setting still picks a built-in when
-    `model` is empty, and says how to spell it now."""
-    if not settings.model and settings.local_model != BUILTINS.default:
-        spelled = deprecated_spelling(f"local_model {settings.local_model!r}", settings.local_model)
-        settings = settings.model_copy(update={"model": spelled})
-    return resolve_model(settings, BUILTINS)
 
 
 @dataclass(frozen=True)
@@ -99,9 +89,10 @@ class OmniEngine(Engine):
     # ---- loading ------------------------------------------------------------------------
 
     def _model_folder(self) -> Path:
-        resolved = resolved_model(self.settings)
+        settings = self.settings
+        resolved = resolve_model(settings, BUILTINS, legacy=("local_model", settings.local_model))
         self._model_id = resolved.model_id
-        self._revision = "" if resolved.builtin is not None else self.settings.revision or ""
+        self._revision = "" if resolved.builtin is not None else settings.revision or ""
         return resolved.folder
 
     def load(self) -> None:

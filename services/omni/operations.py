@@ -4,7 +4,6 @@ voices and model info are answered on the loop (`session_ops` for the sessions).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +14,11 @@ from services.omni.chat_stream import OmniChatStream
 from services.omni.config import OmniSettings
 from services.omni.engine import OmniEngine, VoiceChoice
 from services.omni.requests import (
-    CheckedMessage,
     MediaPolicy,
     check_messages,
     decode_audio_message,
     decode_messages,
-    speech_chunk_ms,
+    speech_request,
 )
 from services.omni.session_ops import session_handlers
 from services.omni.session_runner import Mode
@@ -35,13 +33,11 @@ from services.runtime.executor import JobContext
 from services.runtime.operations import (
     CallFacts,
     Inline,
-    InlineStream,
     Operation,
     OperationTable,
     StreamRenderer,
     Usage,
 )
-from services.runtime.pipeline import Pipeline
 
 _MODE_ENUMS = {
     Mode.CHAT: omni_pb2.SESSION_MODE_CHAT,
@@ -67,7 +63,7 @@ def media_policy(runtime: ServiceRuntime) -> MediaPolicy:
 class ChatCall:
     """A checked Chat request: media still encoded."""
 
-    messages: tuple[CheckedMessage, ...]
+    messages: tuple[omni_pb2.ChatMessage, ...]
     sampling: SamplingPlan
     speech: SpeechRequest
     voice: VoiceChoice
@@ -82,28 +78,22 @@ class PreparedChat:
 
 
 class ChatOperation(Operation[ChatCall, PreparedChat, ChatResult]):
-    """Chat and StreamChat. A spoken reply takes far longer than a text one, so each has its
-    own job kind (`chat`, `chat_speech`) and thus its own ETA; `ChatByKind` picks one per call."""
+    """Chat and StreamChat."""
 
-    def __init__(self, runtime: ServiceRuntime, kind: str, policy: MediaPolicy) -> None:
+    kind = "chat"
+
+    def __init__(self, runtime: ServiceRuntime, policy: MediaPolicy) -> None:
         super().__init__(runtime)
-        self.kind = kind
         self.engine = runtime.engine_as(OmniEngine)
         self.settings = runtime.settings_as(OmniSettings)
         self.policy = policy
 
     def parse(self, message: omni_pb2.ChatRequest, call: CallFacts) -> ChatCall:
         sampling = self.engine.resolve_sampling(parse_sampling(message.sampling))
-        speech = SpeechRequest(
-            enabled=message.speech.enabled,
-            voice=message.speech.voice,
-            chunk_ms=speech_chunk_ms(message.speech, self.settings.chunk_ms),
-        )
+        speech = speech_request(message.speech, self.settings.chunk_ms)
         voice = self.engine.resolve_voice(speech)
-        settings = self.settings
-        messages = check_messages(
-            list(message.messages), settings.max_messages, settings.max_images
-        )
+        messages = tuple(message.messages)
+        check_messages(messages, self.settings.max_messages, self.settings.max_images)
         return ChatCall(messages, sampling, speech, voice, call.streaming)
 
     def prepare(self, request: ChatCall) -> PreparedChat:
@@ -111,6 +101,10 @@ class ChatOperation(Operation[ChatCall, PreparedChat, ChatResult]):
         self.engine.check_inputs(messages)
         job = ChatJob(messages, request.sampling, request.speech)
         return PreparedChat(job, request.voice, request.stream)
+
+    def job_kind(self, prepared: PreparedChat) -> str:
+        # A spoken reply takes far longer than a text one: its own kind gives it its own ETA.
+        return "chat_speech" if prepared.job.speech.enabled else self.kind
 
     def run(self, prepared: PreparedChat, ctx: JobContext) -> ChatResult:
         return self.engine.chat(ctx, prepared.job, prepared.voice, stream=prepared.stream)
@@ -138,53 +132,6 @@ class ChatOperation(Operation[ChatCall, PreparedChat, ChatResult]):
 
     def stream_renderer(self, prepared: PreparedChat) -> StreamRenderer[ChatResult]:
         return OmniChatStream(seed=prepared.job.sampling.seed)
-
-
-class ChatByKind:
-    """The chat operation of a request's job kind. The pipeline runs an operation under its one
-    `kind`, so Chat and StreamChat hand each call to the text or the speech operation."""
-
-    def __init__(self, runtime: ServiceRuntime, policy: MediaPolicy) -> None:
-        self.runtime = runtime
-        self.text = ChatOperation(runtime, "chat", policy)
-        self.speech = ChatOperation(runtime, "chat_speech", policy)
-
-    def pick(self, message: omni_pb2.ChatRequest) -> ChatOperation:
-        return self.speech if message.speech.enabled else self.text
-
-    def pipeline(self) -> Pipeline:
-        if self.runtime.pipeline is None:
-            raise RuntimeError("omni operations are served without a pipeline")
-        return self.runtime.pipeline
-
-
-class Chat(Inline):
-    def __init__(self, runtime: ServiceRuntime, chats: ChatByKind) -> None:
-        super().__init__(runtime)
-        self.chats = chats
-
-    async def respond(self, message: omni_pb2.ChatRequest, context: Any) -> omni_pb2.ChatResponse:
-        operation = self.chats.pick(message)
-        reply: omni_pb2.ChatResponse = await self.chats.pipeline().unary(
-            operation, "Chat", message, context
-        )
-        return reply
-
-
-class StreamChat(InlineStream):
-    def __init__(self, runtime: ServiceRuntime, chats: ChatByKind) -> None:
-        super().__init__(runtime)
-        self.chats = chats
-
-    async def stream(
-        self, message: omni_pb2.ChatRequest, context: Any
-    ) -> AsyncIterator[omni_pb2.StreamChatResponse]:
-        operation = self.chats.pick(message)
-        replies = self.chats.pipeline().stream(
-            operation, "StreamChat", omni_pb2.StreamChatResponse, message, context
-        )
-        async for reply in replies:
-            yield reply
 
 
 # ---- voices ---------------------------------------------------------------------------------
@@ -299,10 +246,10 @@ class GetModelInfo(Inline):
 def operations(runtime: ServiceRuntime) -> OperationTable:
     """Every method of mmserve.omni.v1.OmniService but GetJob and CancelJob (the runtime's)."""
     policy = media_policy(runtime)
-    chats = ChatByKind(runtime, policy)
+    chat = ChatOperation(runtime, policy)
     return {
-        "Chat": Chat(runtime, chats),
-        "StreamChat": StreamChat(runtime, chats),
+        "Chat": chat,
+        "StreamChat": chat,
         **session_handlers(runtime, policy),
         "RegisterVoice": RegisterVoice(runtime, policy),
         "ListVoices": ListVoices(runtime, policy),

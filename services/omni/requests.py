@@ -5,7 +5,7 @@ the request field."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -13,8 +13,8 @@ from PIL import Image
 from mmserve.common.v1 import media_pb2
 from mmserve.omni.v1 import omni_pb2
 from services.omni.audio import PCM, AudioLimits, decode_audio, sniff_format
-from services.omni.turns import AudioPart, FloatAudio, Part
-from services.runtime.chat.messages import ImagePart, Message, Role, TextPart
+from services.omni.turns import AudioPart, FloatAudio, SpeechRequest
+from services.runtime.chat.messages import ContentPart, ImagePart, Message, Role, TextPart
 from services.runtime.chat.protos import ROLES
 from services.runtime.errors import InvalidArgument
 from services.runtime.media import UriPolicy, media_bytes
@@ -71,29 +71,14 @@ def decode_audio_message(
     )
 
 
-@dataclass(frozen=True)
-class CheckedPart:
-    """A part whose place in the request is valid; media still encoded."""
-
-    field: str
-    part: omni_pb2.ContentPart
-
-
-@dataclass(frozen=True)
-class CheckedMessage:
-    role: Role
-    parts: tuple[CheckedPart, ...]
-
-
 def check_messages(
-    messages: list[omni_pb2.ChatMessage], max_messages: int, max_images: int
-) -> tuple[CheckedMessage, ...]:
+    messages: Sequence[omni_pb2.ChatMessage], max_messages: int, max_images: int
+) -> None:
     """Checks roles, parts and counts without decoding anything (cheap, on the loop)."""
     if not messages:
         raise InvalidArgument.for_field("messages", "at least one message is needed")
     if len(messages) > max_messages:
         raise InvalidArgument.for_field("messages", f"at most {max_messages} messages")
-    result: list[CheckedMessage] = []
     images = 0
     for index, message in enumerate(messages):
         field = f"messages[{index}]"
@@ -104,7 +89,6 @@ def check_messages(
             raise InvalidArgument.for_field(f"{field}.role", "SYSTEM only as the first message")
         if not message.content:
             raise InvalidArgument.for_field(f"{field}.content", "at least one part is needed")
-        parts: list[CheckedPart] = []
         for p_index, part in enumerate(message.content):
             where = f"{field}.content[{p_index}]"
             kind = part.WhichOneof("part")
@@ -118,24 +102,22 @@ def check_messages(
                     raise InvalidArgument.for_field(
                         where, f"at most {max_images} images per request"
                     )
-            parts.append(CheckedPart(where, part))
-        result.append(CheckedMessage(role, tuple(parts)))
-    if result[-1].role is not Role.USER:
+    if ROLES[messages[-1].role] is not Role.USER:
         raise InvalidArgument.for_field(
-            f"messages[{len(result) - 1}].role", "the last message must be from USER"
+            f"messages[{len(messages) - 1}].role", "the last message must be from USER"
         )
-    return tuple(result)
 
 
 def decode_messages(
-    messages: tuple[CheckedMessage, ...], policy: MediaPolicy
+    messages: Sequence[omni_pb2.ChatMessage], policy: MediaPolicy
 ) -> tuple[Message, ...]:
-    """Decodes the checked messages' media; blocking (run it in the CPU pool)."""
+    """Decodes the media of messages `check_messages` passed; blocking (run it in the CPU
+    pool)."""
     result: list[Message] = []
-    for message in messages:
-        parts: list[Part] = []
-        for checked in message.parts:
-            part, where = checked.part, checked.field
+    for index, message in enumerate(messages):
+        parts: list[ContentPart] = []
+        for p_index, part in enumerate(message.content):
+            where = f"messages[{index}].content[{p_index}]"
             kind = part.WhichOneof("part")
             if kind == "text":
                 parts.append(TextPart(part.text))
@@ -143,13 +125,13 @@ def decode_messages(
                 parts.append(ImagePart(policy.load_image(part.image, f"{where}.image")))
             else:
                 parts.append(AudioPart(decode_audio_message(part.audio, f"{where}.audio", policy)))
-        result.append(Message(message.role, tuple(parts)))
+        result.append(Message(ROLES[message.role], tuple(parts)))
     return tuple(result)
 
 
-def speech_chunk_ms(speech: omni_pb2.SpeechOptions, default: int, field: str = "speech") -> int:
-    if speech.chunk_ms == 0:
-        return default
-    if not 20 <= speech.chunk_ms <= 5000:
-        raise InvalidArgument.for_field(f"{field}.chunk_ms", "must be within 20..5000")
-    return speech.chunk_ms
+def speech_request(options: omni_pb2.SpeechOptions, default_chunk_ms: int) -> SpeechRequest:
+    """The speech a Chat or OpenSession request asks for; chunk_ms 0 takes the default."""
+    chunk_ms = options.chunk_ms or default_chunk_ms
+    if options.chunk_ms and not 20 <= options.chunk_ms <= 5000:
+        raise InvalidArgument.for_field("speech.chunk_ms", "must be within 20..5000")
+    return SpeechRequest(enabled=options.enabled, voice=options.voice, chunk_ms=chunk_ms)

@@ -13,7 +13,7 @@ from services.omni.audio import PCM, AudioLimits
 from services.omni.chat_stream import audio_chunk
 from services.omni.config import OmniSettings
 from services.omni.engine import OmniEngine
-from services.omni.requests import MediaPolicy, decode_audio_message, speech_chunk_ms
+from services.omni.requests import MediaPolicy, decode_audio_message, speech_request
 from services.omni.session_runner import (
     AudioIn,
     Heard,
@@ -34,7 +34,6 @@ from services.omni.sessions import (
     State,
     StateEvent,
 )
-from services.omni.turns import SpeechRequest
 from services.runtime.app import ServiceRuntime
 from services.runtime.calls import current_call
 from services.runtime.chat.protos import finish_reason_proto, parse_sampling
@@ -99,11 +98,7 @@ class OpenSession(SessionHandler):
         rate = message.input_sample_rate_hz or DEFAULT_INPUT_RATE
         if not 8000 <= rate <= 192000:
             raise InvalidArgument.for_field("input_sample_rate_hz", "must be within 8000..192000")
-        speech = SpeechRequest(
-            enabled=message.speech.enabled,
-            voice=message.speech.voice,
-            chunk_ms=speech_chunk_ms(message.speech, self.settings.chunk_ms),
-        )
+        speech = speech_request(message.speech, self.settings.chunk_ms)
         spec = {
             "system_prompt": message.system_prompt,
             "sampling": self.engine.resolve_sampling(parse_sampling(message.sampling)),

@@ -39,11 +39,11 @@ from services.omni.turns import (
     ChatJob,
     ChatResult,
     FloatAudio,
-    Part,
     SpeechRequest,
 )
 from services.omni.vad import VadEvent, VadUpdate, VoiceActivityDetector
 from services.runtime.chat.messages import (
+    ContentPart,
     FinishReason,
     ImagePart,
     Message,
@@ -251,7 +251,7 @@ class SessionRunner:
         turn, self._pending = self._pending, _Turn()
         if turn.empty():
             return
-        parts: list[Part] = [TextPart(text) for text in turn.texts]
+        parts: list[ContentPart] = [TextPart(text) for text in turn.texts]
         images = turn.images or ([self._frame] if self._frame is not None else [])
         parts += [ImagePart(image) for image in images]
         if turn.audio:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from services.runtime.chat.messages import ChatOutput, ContentPart, ImagePart, Message, TextPart
+from services.runtime.chat.messages import ChatOutput, ContentPart, Message
 from services.runtime.chat.sampling import SamplingPlan
 
 ASR_RATE = 16000
@@ -29,9 +29,6 @@ class AudioPart(ContentPart):
     @property
     def seconds(self) -> float:
         return len(self.samples) / ASR_RATE
-
-
-Part = TextPart | ImagePart | AudioPart
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,8 @@ class ServiceRuntime:
             max_bytes=settings.max_message_mb * 1024 * 1024,
             max_aspect_ratio=MAX_ASPECT_RATIO,
         )
+        # The same, for inputs the capability resizes to a size of its own anyway.
+        self._any_aspect_limits = dataclasses.replace(self.image_limits, max_aspect_ratio=None)
         self.uri_policy = UriPolicy(tuple(settings.allowed_uri_prefixes))
 
     def engine_as(self, cls: type[E]) -> E:
@@ -147,9 +149,12 @@ class ServiceRuntime:
         `max_aspect_ratio=None` for a capability that resizes every input to a size of its own
         (image-to-image), where an elongated input costs nothing. Decoding is CPU work: call it
         from `prepare` (the CPU pool)."""
-        limits = self.image_limits
-        if max_aspect_ratio != limits.max_aspect_ratio:
-            limits = dataclasses.replace(limits, max_aspect_ratio=max_aspect_ratio)
+        if max_aspect_ratio is None:
+            limits = self._any_aspect_limits
+        elif max_aspect_ratio == MAX_ASPECT_RATIO:
+            limits = self.image_limits
+        else:
+            limits = dataclasses.replace(self.image_limits, max_aspect_ratio=max_aspect_ratio)
         return load_image(image, field=field, policy=self.uri_policy, limits=limits)
 
     # --- readiness ---
@@ -266,7 +271,7 @@ class ServiceRuntime:
         finally:
             self._record_queue_wait(handle)
         snap = handle.snapshot()
-        return result, JobUsage(snap.queue_seconds, snap.run_seconds, snap.batch_size)
+        return result, snap.usage
 
     async def stream_job(
         self,
@@ -327,11 +332,7 @@ class ServiceRuntime:
             base.attention_implementation = info.attention_implementation
             base.compiled = info.compiled
             base.capabilities.extend(info.capabilities)
-            batches = self.pipeline.batched_kinds if self.pipeline is not None else frozenset()
-            if batches:
-                base.max_batch_size = max(
-                    self.executor.effective_max_batch(kind) for kind in batches
-                )
+            base.max_batch_size = self.executor.max_batch_size
         return base
 
     def close(self) -> None:

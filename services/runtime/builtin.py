@@ -10,14 +10,16 @@ resolves through services.runtime.model_source, once, at start.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import Field
 
 from services.runtime.config import ServiceSettings
 from services.runtime.model_source import ModelSource, resolve_model_dir
+from services.runtime.references import imported
 
 log = logging.getLogger("mmserve.models")
 
@@ -35,9 +37,7 @@ class BuiltinModel:
     random_weights: bool = True
 
     def build(self) -> Path:
-        module, _, function = self.builder.partition(":")
-        make: Callable[[], Path] = getattr(importlib.import_module(module), function)
-        return Path(make())
+        return Path(imported(self.builder)())
 
 
 @dataclass(frozen=True)
@@ -93,17 +93,28 @@ def deprecated_spelling(old: str, name: str) -> str:
     return BUILTIN_PREFIX + name
 
 
+def model_field(builtins: BuiltinModels) -> Any:
+    """The `model` setting of a capability, its help naming the built-ins."""
+    return Field(
+        "",
+        description=(
+            f"Model folder, hub id or {BUILTIN_PREFIX}<name>; empty: "
+            f"{BUILTIN_PREFIX}{builtins.default}. Built-ins: {builtins.describe()}."
+        ),
+    )
+
+
 def resolve_model(
     settings: ServiceSettings,
     builtins: BuiltinModels,
-    aliases: Mapping[str, str] | None = None,
+    legacy: tuple[str, str] | None = None,
 ) -> ResolvedModel:
     """Resolves `settings.model` once: empty -> the default built-in, `builtin:<name>` -> that
-    built-in (built on first use), anything else a local folder or hub id. `aliases` maps
-    older spellings of `model` (e.g. "tiny:siglip") to built-in names."""
+    built-in (built on first use), anything else a local folder or hub id. `legacy` is an
+    older setting that chose a built-in (name, value), honoured while `model` is empty."""
     model = settings.model
-    if aliases and model in aliases:
-        model = deprecated_spelling(f"model {model!r}", aliases[model])
+    if not model and legacy is not None and legacy[1] != builtins.default:
+        model = deprecated_spelling(f"{legacy[0]} {legacy[1]!r}", legacy[1])
     name = builtins.default if not model else builtin_name(model)
     if name is not None:
         chosen = builtins.get(name)

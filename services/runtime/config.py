@@ -232,7 +232,8 @@ def build_parser(
         env = f"MMSERVE_{name.upper()}"
         default = field.get_default(call_default_factory=True)
         shown = "[]" if default == [] else default
-        help_text = f"{field.description} [env {env}; default {shown}]"
+        # argparse formats help with %, so a literal one ("10%") must reach it doubled.
+        help_text = f"{field.description} [env {env}; default {shown}]".replace("%", "%%")
         if _is_bool(field.annotation):
             parser.add_argument(
                 _flag(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text

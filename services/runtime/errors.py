@@ -76,6 +76,12 @@ class InvalidArgument(ServingError):
     def for_field(cls, field: str, description: str) -> InvalidArgument:
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
+    @classmethod
+    def for_fields(cls, violations: list[FieldViolation]) -> InvalidArgument:
+        """Every bad field of a request in one error, its message listing them all."""
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        return cls(f"invalid request: {summary}", violations)
+
 
 class Violations:
     """Collects a request's field violations so that one reply names every bad field, not only
@@ -96,8 +102,7 @@ class Violations:
 
     def raise_if_any(self) -> None:
         if self.items:
-            summary = "; ".join(f"{v.field}: {v.description}" for v in self.items)
-            raise InvalidArgument(f"invalid request: {summary}", self.items)
+            raise InvalidArgument.for_fields(self.items)
 
 
 class FailedPrecondition(ServingError):

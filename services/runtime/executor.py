@@ -57,7 +57,6 @@ from services.runtime.job_table import JobRecord, JobTable
 
 # Engines, servicers and tests import all of these from here, wherever they are defined.
 __all__ = [
-    "RETURN_WAIT_SHARE",
     "BatchSpec",
     "CancelToken",
     "ExecutorConfig",

@@ -106,3 +106,7 @@ class JobSnapshot:
     queue_seconds: float
     run_seconds: float
     batch_size: int
+
+    @property
+    def usage(self) -> JobUsage:
+        return JobUsage(self.queue_seconds, self.run_seconds, self.batch_size)

@@ -10,7 +10,6 @@ from mmserve.common.v1 import job_pb2
 from services.runtime import errors
 from services.runtime.executor import (
     JobHeartbeat,
-    JobProgress,
     JobQueued,
     JobSnapshot,
     JobState,
@@ -44,7 +43,20 @@ def queue_status(event: JobQueued) -> job_pb2.QueueStatus:
     )
 
 
-def progress(event: JobProgress) -> job_pb2.Progress:
+class StepReport(Protocol):
+    """What a progress message needs (JobProgress, or a capability's preview frame)."""
+
+    @property
+    def step(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def elapsed_seconds(self) -> float: ...
+    @property
+    def eta_seconds(self) -> float: ...
+
+
+def progress(event: StepReport) -> job_pb2.Progress:
     return job_pb2.Progress(
         step=event.step,
         total_steps=event.total,

@@ -179,6 +179,15 @@ class JobTable:
         """The batch size limit now in force; lowered by OOM halving, 1 for plain kinds."""
         return self._max_batch.get(kind, 1)
 
+    def is_batched(self, kind: str) -> bool:
+        """Whether jobs of `kind` are coalesced (registered with register_batch)."""
+        return kind in self._max_batch
+
+    @property
+    def max_batch_size(self) -> int:
+        """The largest batch any kind may run now; 1 when nothing batches."""
+        return max(self._max_batch.values(), default=1)
+
     def get(self, job_id: str, owner: str | None = None) -> JobSnapshot:
         """The job's snapshot; NotFound for unknown ids, ended jobs past retention and (with
         `owner`) another caller's jobs."""

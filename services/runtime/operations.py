@@ -18,14 +18,16 @@ device call, and the executor coalesces, splits on failure and halves its batch 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from services.runtime.executor import BatchSpec, JobContext, JobProgress, JobUsage
+from services.runtime.executor import BatchSpec, JobContext, JobProgress
+from services.runtime.job_protos import Timing
 
 if TYPE_CHECKING:
     from services.runtime.app import ServiceRuntime
+    from services.runtime.pipeline import Pipeline
 
 Req = TypeVar("Req")  # a parsed, validated request
 Prep = TypeVar("Prep")  # a request ready for the device
@@ -36,21 +38,22 @@ Reply = Any  # a protobuf response message
 @dataclass
 class Usage:
     """What a call cost: the longest queue wait and largest batch of its jobs, their summed run
-    time, and token counts the operation adds. A call that runs one job reports that job's."""
+    time, and the input tokens the operation adds. A call that runs one job reports that
+    job's."""
 
     queue_seconds: float = 0.0
     run_seconds: float = 0.0
     batch_size: int = 0
     input_tokens: int = 0
-    output_tokens: int = 0
 
-    def add(self, job: JobUsage) -> None:
+    def add(self, job: Timing) -> None:
         self.queue_seconds = max(self.queue_seconds, job.queue_seconds)
         self.run_seconds += job.run_seconds
         self.batch_size = max(self.batch_size, job.batch_size)
 
     @classmethod
-    def of(cls, job: JobUsage) -> Usage:
+    def of(cls, job: Timing) -> Usage:
+        """One job's usage (a JobUsage, or the snapshot of a job that ended early)."""
         usage = cls()
         usage.add(job)
         return usage
@@ -58,10 +61,8 @@ class Usage:
 
 @dataclass(frozen=True)
 class CallFacts:
-    """What an operation may know about the call it serves, without gRPC: whether it streams,
-    and the job kind it runs under."""
+    """What an operation may know about the call it serves, without gRPC."""
 
-    method: str
     streaming: bool
 
 
@@ -109,6 +110,12 @@ class Operation(ABC, Generic[Req, Prep, Res]):
         """Runs on the CPU pool before the job is queued: decode images or audio, tokenize,
         preprocess. The default hands the request on unchanged (and costs no pool hop)."""
         return request  # type: ignore[return-value]
+
+    def job_kind(self, prepared: Prep) -> str:
+        """The job kind of one call, for its ETA, metrics and GetJob: `kind`, unless requests
+        of one RPC differ so much in cost that they deserve ETAs of their own (a spoken reply
+        against a text one). Batched operations keep `kind`: it names their batch."""
+        return self.kind
 
     @abstractmethod
     def run(self, prepared: Prep, ctx: JobContext) -> Res:
@@ -183,16 +190,14 @@ class Jobs:
     """What a composed operation uses to run other operations' jobs within its call: each
     `run` prepares, queues and awaits one, adding its usage to the call's."""
 
-    def __init__(
-        self,
-        submit: Callable[[Operation[Any, Any, Any], Any, Usage], Awaitable[Any]],
-        usage: Usage,
-    ) -> None:
-        self._submit = submit
+    def __init__(self, pipeline: Pipeline, context: Any, usage: Usage) -> None:
+        self._pipeline = pipeline
+        self._context = context
         self.usage = usage
 
     async def run(self, operation: Operation[Any, Any, Res], request: Any) -> Res:
-        return await self._submit(operation, request, self.usage)
+        result: Res = await self._pipeline.run(self._context, operation, request, self.usage)
+        return result
 
 
 class ComposedOperation(Operation[Req, Req, Res]):

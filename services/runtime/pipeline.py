@@ -12,9 +12,10 @@ are built here from the service descriptor, so a servicer is nothing but its tab
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -30,7 +31,6 @@ from services.runtime.executor import (
     JobOutput,
     JobProgress,
     JobQueued,
-    JobUsage,
 )
 from services.runtime.operations import (
     BatchedOperation,
@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 log = logging.getLogger("mmserve.pipeline")
+UNARY = CallFacts(streaming=False)
+STREAMING = CallFacts(streaming=True)
 
 
 async def gather_or_cancel(*steps: Awaitable[T]) -> list[T]:
@@ -72,26 +74,28 @@ class Pipeline:
     def __init__(self, runtime: ServiceRuntime, table: OperationTable) -> None:
         self.runtime = runtime
         self.table = table
-        self._batched: set[str] = set()
 
     # --- load time ---------------------------------------------------------------------------
 
     def register_batches(self) -> None:
         """Registers every batched operation whose spec (read now, with the model loaded)
         allows batching; the others run their jobs alone."""
+        executor = self.runtime.executor
         for handler in self.table.values():
             if not isinstance(handler, Operation):
                 continue
             for operation in handler.device_operations():
                 spec = operation.batch_spec()
-                if spec is None or operation.kind in self._batched:
-                    continue
-                self.runtime.executor.register_batch(operation.kind, operation.run_batch, spec)
-                self._batched.add(operation.kind)
+                if spec is not None and not executor.is_batched(operation.kind):
+                    executor.register_batch(operation.kind, operation.run_batch, spec)
 
-    @property
-    def batched_kinds(self) -> frozenset[str]:
-        return frozenset(self._batched)
+    def _batches(
+        self, operation: Operation[Any, Any, Any]
+    ) -> TypeGuard[BatchedOperation[Any, Any, Any]]:
+        """Whether the operation's jobs run micro-batched (its spec allowed it at load)."""
+        return isinstance(operation, BatchedOperation) and self.runtime.executor.is_batched(
+            operation.kind
+        )
 
     # --- one job -----------------------------------------------------------------------------
 
@@ -100,29 +104,21 @@ class Pipeline:
             return request
         return await self.runtime.run_cpu(operation.prepare, request)
 
-    async def _run(
+    async def run(
         self, context: Any, operation: Operation[Any, Any, Any], request: Any, usage: Usage
     ) -> Any:
         """Prepares and runs `request` as one job (or one per device-sized part) and returns
         the operation's result; a composed operation runs its own jobs."""
         if isinstance(operation, ComposedOperation):
-            return await operation.compose(request, Jobs(self._submit_for(context), usage))
-        if isinstance(operation, BatchedOperation) and operation.kind in self._batched:
+            return await operation.compose(request, Jobs(self, context, usage))
+        if self._batches(operation):
             return await self._run_batched(context, operation, request, usage)
         prepared = await self._prepare(operation, request)
         result, job_usage = await self.runtime.run_job(
-            context, operation.kind, _device_call(operation, prepared)
+            context, operation.job_kind(prepared), _device_call(operation, prepared)
         )
         usage.add(job_usage)
         return result
-
-    def _submit_for(
-        self, context: Any
-    ) -> Callable[[Operation[Any, Any, Any], Any, Usage], Awaitable[Any]]:
-        async def submit(operation: Operation[Any, Any, Any], request: Any, usage: Usage) -> Any:
-            return await self._run(context, operation, request, usage)
-
-        return submit
 
     async def _run_batched(
         self, context: Any, operation: BatchedOperation[Any, Any, Any], request: Any, usage: Usage
@@ -172,28 +168,25 @@ class Pipeline:
 
     # --- calls -------------------------------------------------------------------------------
 
-    async def unary(
-        self, operation: Operation[Any, Any, Any], method: str, message: Any, context: Any
-    ) -> Any:
+    async def unary(self, operation: Operation[Any, Any, Any], message: Any, context: Any) -> Any:
         self.runtime.ensure_ready()
-        request = operation.parse(message, CallFacts(method, streaming=False))
+        request = operation.parse(message, UNARY)
         usage = Usage()
-        result = await self._run(context, operation, request, usage)
+        result = await self.run(context, operation, request, usage)
         return await operation.render(result, usage)
 
     async def stream(
         self,
         operation: Operation[Any, Any, Any],
-        method: str,
         reply_cls: Any,
         message: Any,
         context: Any,
     ) -> AsyncIterator[Any]:
         self.runtime.ensure_ready()
-        request = operation.parse(message, CallFacts(method, streaming=True))
+        request = operation.parse(message, STREAMING)
         prepared = await self._prepare(operation, request)
         renderer = operation.stream_renderer(prepared)
-        if isinstance(operation, BatchedOperation) and operation.kind in self._batched:
+        if self._batches(operation):
             events = self.runtime.stream_job(
                 context,
                 operation.kind,
@@ -202,7 +195,7 @@ class Pipeline:
             )
         else:
             events = self.runtime.stream_job(
-                context, operation.kind, _device_call(operation, prepared)
+                context, operation.job_kind(prepared), _device_call(operation, prepared)
             )
         job_id = ""
         try:
@@ -225,11 +218,7 @@ class Pipeline:
             # CancelJob from another connection: this client still listens, so it learns how
             # far the job got before the stream ends CANCELLED.
             if job_id:
-                snapshot = self.runtime.executor.get(job_id)
-                usage = Usage.of(
-                    JobUsage(snapshot.queue_seconds, snapshot.run_seconds, snapshot.batch_size)
-                )
-                final = await renderer.cancelled(usage)
+                final = await renderer.cancelled(Usage.of(self.runtime.executor.get(job_id)))
                 if final is not None:
                     final.job_id = job_id
                     yield final
@@ -270,62 +259,56 @@ def add_operations(server: grpc.aio.Server, pipeline: Pipeline, service: Service
 def _method_handler(
     pipeline: Pipeline, method: MethodDescriptor, handler: Handler
 ) -> grpc.RpcMethodHandler:
+    """The one handler of `method`, chosen here once: gRPC calls it for every request."""
     if method.client_streaming:
         raise ValueError(f"{method.full_name}: client streaming is not served (grpc-web)")
-    request_cls = GetMessageClass(method.input_type)
     reply_cls = GetMessageClass(method.output_type)
-    name = method.name
+    streams = method.server_streaming
+    answer: Callable[[Any, Any], Any]
     if isinstance(handler, NotServed):
-        return _not_served(method, handler, request_cls, reply_cls)
-    if method.server_streaming:
-        if isinstance(handler, Inline):
-            raise TypeError(f"{method.full_name} streams; an Inline handler answers once")
-
-        async def stream(message: Any, context: Any) -> AsyncIterator[Any]:
-            if isinstance(handler, InlineStream):
-                source = handler.stream(message, context)
-            else:
-                source = pipeline.stream(handler, name, reply_cls, message, context)
-            async for reply in source:
-                yield reply
-
-        return grpc.unary_stream_rpc_method_handler(
-            stream,
-            request_deserializer=request_cls.FromString,
-            response_serializer=reply_cls.SerializeToString,
-        )
-    if isinstance(handler, InlineStream):
-        raise TypeError(f"{method.full_name} is unary; an InlineStream handler streams")
-
-    async def unary(message: Any, context: Any) -> Any:
-        if isinstance(handler, Inline):
-            return await handler.respond(message, context)
-        return await pipeline.unary(handler, name, message, context)
-
-    return grpc.unary_unary_rpc_method_handler(
-        unary,
-        request_deserializer=request_cls.FromString,
+        answer = _refusal(f"{method.name}: {handler.reason}", streams)
+    elif isinstance(handler, InlineStream if not streams else Inline):
+        kind = "is unary" if not streams else "streams"
+        raise TypeError(f"{method.full_name} {kind}; {type(handler).__name__} does not fit it")
+    elif isinstance(handler, Inline):
+        answer = handler.respond
+    elif isinstance(handler, InlineStream):
+        answer = handler.stream
+    elif streams:
+        answer = functools.partial(pipeline.stream, handler, reply_cls)
+    else:
+        answer = functools.partial(pipeline.unary, handler)
+    make = grpc.unary_stream_rpc_method_handler if streams else grpc.unary_unary_rpc_method_handler
+    return make(
+        _as_handler(answer, streams),
+        request_deserializer=GetMessageClass(method.input_type).FromString,
         response_serializer=reply_cls.SerializeToString,
     )
 
 
-def _not_served(
-    method: MethodDescriptor, handler: NotServed, request_cls: Any, reply_cls: Any
-) -> grpc.RpcMethodHandler:
+def _as_handler(answer: Callable[[Any, Any], Any], streams: bool) -> Callable[[Any, Any], Any]:
+    """A coroutine function for unary methods and an async generator function for streaming
+    ones: the shapes grpc.aio (and the interceptor) tell apart."""
+    if not streams:
+
+        async def unary(message: Any, context: Any) -> Any:
+            return await answer(message, context)
+
+        return unary
+
+    async def stream(message: Any, context: Any) -> AsyncIterator[Any]:
+        async for reply in answer(message, context):
+            yield reply
+
+    return stream
+
+
+def _refusal(reason: str, streams: bool) -> Callable[[Any, Any], Any]:
     async def refuse(message: Any, context: Any) -> Any:
-        raise Unimplemented(f"{method.name}: {handler.reason}")
+        raise Unimplemented(reason)
 
     async def refuse_stream(message: Any, context: Any) -> AsyncIterator[Any]:
-        raise Unimplemented(f"{method.name}: {handler.reason}")
+        raise Unimplemented(reason)
         yield  # an async generator, so grpc serves it as a stream
 
-    make = (
-        grpc.unary_stream_rpc_method_handler
-        if method.server_streaming
-        else grpc.unary_unary_rpc_method_handler
-    )
-    return make(
-        refuse_stream if method.server_streaming else refuse,
-        request_deserializer=request_cls.FromString,
-        response_serializer=reply_cls.SerializeToString,
-    )
+    return refuse_stream if streams else refuse

@@ -8,14 +8,12 @@ work, finish queued and running jobs within the grace period, then exit 0.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,11 +26,11 @@ from services.runtime.interceptors import ServingInterceptor
 from services.runtime.logs import configure_logging
 from services.runtime.operations import OperationTable
 from services.runtime.pipeline import Pipeline, add_operations, service_descriptor
+from services.runtime.references import imported
 from services.runtime.security import KeyStore, RateLimiter
 from services.runtime.threads import apply_gil_switch_interval, apply_openmp_wait_policy
 
 log = logging.getLogger("mmserve.server")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,14 +50,18 @@ class Capability:
     create_engine: Callable[[ServiceSettings], Engine] | str
     operations: Callable[[ServiceRuntime], OperationTable] | str
 
+    def __post_init__(self) -> None:
+        # Health and reflection name every service; operations serve exactly one.
+        if len(self.service_names) != 1:
+            raise ValueError(f"{self.name}: a capability serves one service")
 
-def imported(reference: Callable[..., T] | str) -> Callable[..., T]:
-    """The callable a Capability names, importing "module:name" references."""
-    if not isinstance(reference, str):
-        return reference
-    module, _, name = reference.partition(":")
-    found: Callable[..., T] = getattr(importlib.import_module(module), name)
-    return found
+    def engine(self, settings: ServiceSettings) -> Engine:
+        engine: Engine = imported(self.create_engine)(settings)
+        return engine
+
+    def table(self, runtime: ServiceRuntime) -> OperationTable:
+        """Every RPC of the service: the capability's operations, GetJob and CancelJob."""
+        return {**job_handlers(runtime), **imported(self.operations)(runtime)}
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -86,9 +88,7 @@ class ServiceServer:
     def __init__(self, capability: Capability, settings: ServiceSettings) -> None:
         self.capability = capability
         self.settings = settings
-        self.runtime = ServiceRuntime(
-            capability.name, settings, imported(capability.create_engine)(settings)
-        )
+        self.runtime = ServiceRuntime(capability.name, settings, capability.engine(settings))
         keys = KeyStore.from_sources(settings.api_keys, settings.api_keys_file)
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         self.server = grpc.aio.server(
@@ -101,8 +101,7 @@ class ServiceServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        table = {**job_handlers(self.runtime), **imported(capability.operations)(self.runtime)}
-        pipeline = Pipeline(self.runtime, table)
+        pipeline = Pipeline(self.runtime, capability.table(self.runtime))
         self.runtime.pipeline = pipeline
         add_operations(self.server, pipeline, service_descriptor(capability.service_names[0]))
         if settings.reflection:

@@ -22,6 +22,32 @@ QWEN_PATTERN = (
 # The special tokens every Qwen2/2.5 checkpoint starts with (ids 151643, 151644, 151645); model
 # families append their own after these.
 QWEN_BASE_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# Qwen2-VL's vision tokens, right after the base ones (ids 151646..151656); Qwen2.5-VL, the
+# Qwen-Image text encoder and the Omni models share them.
+QWEN_VL_SPECIALS = (
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+# What Qwen2.5 (and later) tokenizers add after the vision tokens: tool-call and code tokens.
+QWEN25_EXTRA_SPECIALS = (
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+)
 QWEN_VOCAB_SIZE = 151936  # embedding rows of Qwen2/2.5 models (ranks + specials + padding)
 CLIP_MAX_LENGTH = 77
 

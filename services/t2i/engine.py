@@ -177,9 +177,11 @@ class T2IEngine(Engine):
 
     # --- requests ---------------------------------------------------------------------------
 
-    def plan(self, request: GenerationRequest) -> GenerationPlan:
-        """Validates `request` (InvalidArgument/Unimplemented) and fills in the defaults."""
-        return plan_generation(request, self.limits)
+    def plan(
+        self, request: GenerationRequest, problems: errors.Violations | None = None
+    ) -> GenerationPlan:
+        """Validates `request` and fills in the defaults; see `plan_generation`."""
+        return plan_generation(request, self.limits, problems)
 
     def generate(self, ctx: JobContext, plan: GenerationPlan) -> GenerationOutput:
         """Runs one plan on the device thread; cancellable at every step."""

@@ -18,7 +18,7 @@ import diffusers
 import torch
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
 
-from services.runtime.builtin import ResolvedModel, deprecated_spelling, resolve_model
+from services.runtime.builtin import resolve_model
 from services.runtime.devices import TorchOptions, maybe_compile
 from services.runtime.model_source import ModelFamily, discover_family
 from services.t2i.builtin import BUILTINS
@@ -43,18 +43,8 @@ class LoadedPipelines:
     model_id: str
 
 
-def resolved_model(settings: T2ISettings) -> ResolvedModel:
-    """Where the configured model is: `--model` (a folder, a hub id or `builtin:<family>`), the
-    default built-in when empty. The older `tiny_model` setting still picks a built-in when
-    `model` is empty, and says how to spell it now."""
-    if not settings.model and settings.tiny_model != BUILTINS.default:
-        spelled = deprecated_spelling(f"tiny_model {settings.tiny_model!r}", settings.tiny_model)
-        settings = settings.model_copy(update={"model": spelled})
-    return resolve_model(settings, BUILTINS)
-
-
 def load_pipelines(settings: T2ISettings, options: TorchOptions) -> LoadedPipelines:
-    resolved = resolved_model(settings)
+    resolved = resolve_model(settings, BUILTINS, legacy=("tiny_model", settings.tiny_model))
     folder, model_id = resolved.folder, resolved.model_id
     family = discover_family(folder)
     if family.library != "diffusers":

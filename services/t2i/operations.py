@@ -18,7 +18,6 @@ from mmserve.t2i.v1 import t2i_pb2
 from services.runtime import errors
 from services.runtime.app import ServiceRuntime
 from services.runtime.executor import JobContext
-from services.runtime.media import load_image
 from services.runtime.operations import (
     CallFacts,
     Inline,
@@ -44,10 +43,9 @@ _PREVIEW_SIDES = (16, 512)
 
 @dataclass(frozen=True)
 class Delivery:
-    """How a job's images go back: the output encoding and, for streams, the previews."""
+    """How a job's images go back: the output encoding and, for streams, the previews' size."""
 
     encoding: Encoding
-    preview_every: int  # 0: no previews
     preview_side: int
 
 
@@ -68,6 +66,7 @@ class ImageEdit:
     image: media_pb2.Image
     request: GenerationRequest
     delivery: Delivery
+    preview_every: int
     problems: tuple[errors.FieldViolation, ...]
 
 
@@ -104,22 +103,20 @@ class _Generation(Operation[Parsed, GenerationJob, Generated]):
         preview: t2i_pb2.PreviewOptions | None,
         problems: errors.Violations,
     ) -> Delivery:
-        every = preview.every_n_steps if preview is not None else 0
-        return Delivery(_encoding(params, problems), every, self._preview_side(preview, problems))
+        return Delivery(_encoding(params, problems), self._preview_side(preview, problems))
 
     def job(
-        self, request: GenerationRequest, delivery: Delivery, problems: errors.Violations
+        self,
+        request: GenerationRequest,
+        delivery: Delivery,
+        preview_every: int,
+        problems: errors.Violations,
     ) -> GenerationJob:
         """The plan for `request`, or InvalidArgument naming its violations and `problems`."""
-        try:
-            plan = self.engine.plan(request)
-        except errors.InvalidArgument as exc:
-            problems.take(exc)
-            problems.raise_if_any()
-            raise
+        plan = self.engine.plan(request, problems)
         problems.raise_if_any()
-        if delivery.preview_every and self.engine.previews_available:
-            plan = replace(plan, preview_every=delivery.preview_every)
+        if preview_every and self.engine.previews_available:
+            plan = replace(plan, preview_every=preview_every)
         return GenerationJob(plan, delivery)
 
     def _preview_side(
@@ -144,7 +141,8 @@ class TextToImage(_Generation[GenerationJob]):
         problems = errors.Violations()
         preview = message.preview if call.streaming else None
         delivery = self.delivery(message.params, preview, problems)
-        return self.job(_generation_request(message.params), delivery, problems)
+        request = _generation_request(message.params)
+        return self.job(request, delivery, _preview_every(preview), problems)
 
 
 class ImageToImage(_Generation[ImageEdit]):
@@ -153,13 +151,6 @@ class ImageToImage(_Generation[ImageEdit]):
     kind = "image_to_image"
     response_cls = t2i_pb2.ImageToImageResponse
     stream_response_cls = t2i_pb2.StreamImageToImageResponse
-
-    def __init__(self, runtime: ServiceRuntime) -> None:
-        super().__init__(runtime)
-        # The shared limits, except the aspect-ratio cap: that protects processors that resize
-        # the shortest side, while the input here is resized to the output size, so a 4096x1
-        # strip is as harmless as a square.
-        self.image_limits = replace(runtime.image_limits, max_aspect_ratio=None)
 
     def parse(self, message: t2i_pb2.ImageToImageRequest, call: CallFacts) -> ImageEdit:
         if not self.engine.limits.supports_image_to_image:
@@ -175,24 +166,22 @@ class ImageToImage(_Generation[ImageEdit]):
             problems.raise_if_any()
         strength = message.strength if message.HasField("strength") else None
         request = _generation_request(message.params, strength=strength)
-        return ImageEdit(message.image, request, delivery, tuple(problems.items))
+        every = _preview_every(preview)
+        return ImageEdit(message.image, request, delivery, every, tuple(problems.items))
 
     def prepare(self, request: ImageEdit) -> GenerationJob:
         problems = errors.Violations()
         problems.items.extend(request.problems)
         try:
-            image = load_image(
-                request.image,
-                field="image",
-                policy=self.runtime.uri_policy,
-                limits=self.image_limits,
-            )
+            # No aspect-ratio cap: the input is resized to the output size, so a 4096x1 strip
+            # is as harmless as a square.
+            image = self.runtime.load_image(request.image, "image", max_aspect_ratio=None)
         except errors.InvalidArgument as exc:
             problems.take(exc)
             problems.raise_if_any()
             raise
         sized = replace(request.request, input_size=image.size)
-        job = self.job(sized, request.delivery, problems)
+        job = self.job(sized, request.delivery, request.preview_every, problems)
         resized = _resize(image, job.plan.width, job.plan.height)
         return replace(job, plan=replace(job.plan, image=resized))
 
@@ -254,6 +243,10 @@ def _generation_request(
         num_images=params.num_images if params.HasField("num_images") else None,
         strength=strength,
     )
+
+
+def _preview_every(preview: t2i_pb2.PreviewOptions | None) -> int:
+    return preview.every_n_steps if preview is not None else 0
 
 
 def _encoding(params: t2i_pb2.GenerationParams, problems: errors.Violations) -> Encoding:

@@ -13,11 +13,11 @@ from typing import Any, Generic, TypeVar
 
 from PIL import Image
 
-from mmserve.common.v1 import job_pb2, media_pb2
+from mmserve.common.v1 import media_pb2
 from mmserve.t2i.v1 import t2i_pb2
 from services.runtime import job_protos
 from services.runtime.app import ServiceRuntime
-from services.runtime.executor import JobProgress, JobUsage
+from services.runtime.executor import JobProgress
 from services.runtime.images import encode_image
 from services.runtime.operations import StreamRenderer, Usage
 from services.t2i.engine import GenerationOutput, PreviewFrame
@@ -49,13 +49,12 @@ async def generation_result(
     encoded = await asyncio.gather(
         *(runtime.run_cpu(encoded_image, image, encoding) for image in output.images)
     )
-    job_usage = JobUsage(usage.queue_seconds, usage.run_seconds, usage.batch_size)
     return t2i_pb2.GenerationResult(
         images=encoded,
         seed=output.seed,
         prompt_truncated=output.prompt_truncated,
         steps=output.steps,
-        usage=job_protos.usage(job_usage, input_tokens=output.prompt_tokens),
+        usage=job_protos.usage(usage, input_tokens=output.prompt_tokens),
     )
 
 
@@ -74,14 +73,7 @@ class GenerationStream(StreamRenderer[Generated], Generic[Reply]):
             return None
         preview = await self.runtime.run_cpu(preview_image, payload, self.preview_side)
         reply = self.reply_cls()
-        reply.step.progress.CopyFrom(
-            job_pb2.Progress(
-                step=payload.step,
-                total_steps=payload.total,
-                elapsed_seconds=payload.elapsed_seconds,
-                eta_seconds=payload.eta_seconds,
-            )
-        )
+        reply.step.progress.CopyFrom(job_protos.progress(payload))
         reply.step.preview.CopyFrom(preview)
         self.last_step = payload.step
         return reply

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from services.runtime.errors import FieldViolation, InvalidArgument, Unimplemented
+from services.runtime.errors import Unimplemented, Violations
 from services.t2i.families import GenerationLimits
 
 MAX_SEED = 2**64 - 1
@@ -55,12 +55,17 @@ class GenerationPlan:
     preview_every: int = 0  # emit a preview every this many steps; 0 never
 
 
-def plan_generation(request: GenerationRequest, limits: GenerationLimits) -> GenerationPlan:
-    """The plan for `request`, or InvalidArgument naming every bad field."""
+def plan_generation(
+    request: GenerationRequest, limits: GenerationLimits, problems: Violations | None = None
+) -> GenerationPlan:
+    """The plan for `request`. Every bad field is added to `problems`, for the caller to report
+    with the ones it found itself (the plan is then not to be run); without `problems`,
+    InvalidArgument names them here."""
     img2img = request.input_size is not None
     if img2img and not limits.supports_image_to_image:
         raise Unimplemented("this model family has no image-to-image pipeline")
-    problems: list[FieldViolation] = []
+    report_here = problems is None
+    problems = Violations() if problems is None else problems
     _check_prompt(request, limits, problems)
     width, height = _size(request, limits, problems)
     steps = _bounded_int(
@@ -76,9 +81,8 @@ def plan_generation(request: GenerationRequest, limits: GenerationLimits) -> Gen
     )
     guidance = _guidance(request.guidance_scale, limits, problems)
     strength = _strength(request, limits, steps, problems) if img2img else None
-    if problems:
-        summary = "; ".join(f"{p.field}: {p.description}" for p in problems)
-        raise InvalidArgument(f"invalid request: {summary}", problems)
+    if report_here:
+        problems.raise_if_any()
     seed = request.seed if request.seed is not None else secrets.randbelow(_RANDOM_SEED_BOUND)
     return GenerationPlan(
         prompt=request.prompt,
@@ -94,24 +98,20 @@ def plan_generation(request: GenerationRequest, limits: GenerationLimits) -> Gen
 
 
 def _check_prompt(
-    request: GenerationRequest, limits: GenerationLimits, problems: list[FieldViolation]
+    request: GenerationRequest, limits: GenerationLimits, problems: Violations
 ) -> None:
     if not request.prompt.strip():
-        problems.append(FieldViolation("params.prompt", "must not be empty"))
+        problems.add("params.prompt", "must not be empty")
     for name, text in (
         ("params.prompt", request.prompt),
         ("params.negative_prompt", request.negative_prompt),
     ):
         if len(text) > limits.max_prompt_chars:
-            problems.append(
-                FieldViolation(
-                    name, f"is {len(text)} characters; at most {limits.max_prompt_chars}"
-                )
-            )
+            problems.add(name, f"is {len(text)} characters; at most {limits.max_prompt_chars}")
 
 
 def _size(
-    request: GenerationRequest, limits: GenerationLimits, problems: list[FieldViolation]
+    request: GenerationRequest, limits: GenerationLimits, problems: Violations
 ) -> tuple[int, int]:
     default_w, default_h = (
         fit_size(request.input_size, limits)
@@ -123,12 +123,10 @@ def _size(
     ok = True
     for name, value in (("params.width", width), ("params.height", height)):
         if value % limits.size_multiple or not limits.min_size <= value <= limits.max_size:
-            problems.append(
-                FieldViolation(
-                    name,
-                    f"{value} must be a multiple of {limits.size_multiple} in "
-                    f"[{limits.min_size}, {limits.max_size}]",
-                )
+            problems.add(
+                name,
+                f"{value} must be a multiple of {limits.size_multiple} in "
+                f"[{limits.min_size}, {limits.max_size}]",
             )
             ok = False
     if ok and width * height > limits.max_pixels:
@@ -139,7 +137,7 @@ def _size(
             ("params.height", request.height is not None),
         ):
             if was_set or (request.width is None) == (request.height is None):
-                problems.append(FieldViolation(name, description))
+                problems.add(name, description)
     return width, height
 
 
@@ -176,42 +174,34 @@ def _bounded_int(
     low: int,
     high: int,
     name: str,
-    problems: list[FieldViolation],
+    problems: Violations,
 ) -> int:
     if value is None:
         return default
     if not low <= value <= high:
-        problems.append(FieldViolation(name, f"{value} is not in [{low}, {high}]"))
+        problems.add(name, f"{value} is not in [{low}, {high}]")
     return value
 
 
-def _guidance(
-    value: float | None, limits: GenerationLimits, problems: list[FieldViolation]
-) -> float:
+def _guidance(value: float | None, limits: GenerationLimits, problems: Violations) -> float:
     if value is None:
         return limits.default_guidance_scale
     if not math.isfinite(value) or not 0.0 <= value <= limits.max_guidance_scale:
-        problems.append(
-            FieldViolation(
-                "params.guidance_scale", f"{value} is not in [0, {limits.max_guidance_scale}]"
-            )
-        )
+        problems.add("params.guidance_scale", f"{value} is not in [0, {limits.max_guidance_scale}]")
     return value
 
 
 def _strength(
-    request: GenerationRequest, limits: GenerationLimits, steps: int, problems: list[FieldViolation]
+    request: GenerationRequest, limits: GenerationLimits, steps: int, problems: Violations
 ) -> float:
     value = limits.default_strength if request.strength is None else request.strength
     if not math.isfinite(value) or not 0.0 < value <= 1.0:
-        problems.append(FieldViolation("strength", f"{value} is not in (0, 1]"))
+        problems.add("strength", f"{value} is not in (0, 1]")
     elif steps * value < 1.0:
         # Pipelines run about steps * strength steps; zero would fail inside the job.
-        problems.append(
-            FieldViolation(
-                "strength",
-                f"{value} x {steps} steps leaves no denoising step; raise strength or "
-                "num_inference_steps",
-            )
+        problems.add(
+            "strength",
+            f"{value} x {steps} steps leaves no denoising step; raise strength or "
+            "num_inference_steps",
         )
     return value

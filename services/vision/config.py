@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.runtime.builtin import BUILTIN_PREFIX
+from services.runtime.builtin import model_field
 from services.runtime.config import ServiceSettings
 from services.runtime.threads import OpenMPWaitPolicy
 from services.vision.builtin import BUILTINS
@@ -22,13 +22,7 @@ class VisionSettings(ServiceSettings):
     metrics_port: int | None = Field(
         9093, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 free, unset off."
     )
-    model: str = Field(
-        "",
-        description=(
-            f"Model folder, hub id or {BUILTIN_PREFIX}<name>; empty: "
-            f"{BUILTIN_PREFIX}{BUILTINS.default}. Built-ins: {BUILTINS.describe()}."
-        ),
-    )
+    model: str = model_field(BUILTINS)
     # --- batching ---
     max_batch_size: int = Field(
         32,
@@ -58,8 +52,7 @@ class VisionSettings(ServiceSettings):
         description=(
             "When a batch ends, how long the next one may wait for the clients it just answered "
             "to send again (up to as many jobs as that batch and the queue held; never more than "
-            # argparse formats help texts with %, so a literal percent sign is written %%.
-            "10%% of the time the batch ran), so N looping clients share one forward pass "
+            "10% of the time the batch ran), so N looping clients share one forward pass "
             "instead of alternating halves. A lone client never waits; 0 turns it off."
         ),
     )

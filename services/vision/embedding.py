@@ -2,7 +2,7 @@
 
 Images and texts from all RPCs and all clients meet in two batchable job kinds, `embed_images`
 and `embed_texts`, so they share micro-batches: a request is cut into parts of at most
-`VisionEngine.device_batch` items, each part is decoded and preprocessed (or tokenized) on the
+`max_device_batch` items, each part is decoded and preprocessed (or tokenized) on the
 CPU pool and queued as soon as it is ready, and the executor runs the parts of many requests in
 one forward pass. Scores are computed from the embeddings on the loop (scoring.py).
 """
@@ -22,7 +22,7 @@ from services.runtime.operations import BatchedOperation, CallFacts, Jobs
 from services.runtime.pipeline import gather_or_cancel
 from services.vision import scoring, validation
 from services.vision.config import VisionSettings
-from services.vision.engine import EMBED_IMAGES, EMBED_TEXTS, VisionEngine
+from services.vision.engine import VisionEngine
 from services.vision.inputs import ImageJob, Pooling, TextInputs
 
 T = TypeVar("T")
@@ -82,12 +82,12 @@ class _DeviceOperation(BatchedOperation[Req, Prep, Res]):
 class ImageEmbedding(_DeviceOperation[ImageRequest, ImageJob, np.ndarray]):
     """Images -> (N, dim) raw embeddings, in request order."""
 
-    kind = EMBED_IMAGES
+    kind = "embed_images"
 
     def split(self, request: ImageRequest) -> list[ImageRequest]:
         return [
             ImageRequest(tuple(part), request.pooling)
-            for part in _parts(request.images, self.engine.device_batch)
+            for part in _parts(request.images, self.settings.max_device_batch)
         ]
 
     def halve(self, request: ImageRequest) -> list[ImageRequest]:
@@ -106,7 +106,7 @@ class ImageEmbedding(_DeviceOperation[ImageRequest, ImageJob, np.ndarray]):
         )
 
     def run_batch(self, prepared: list[ImageJob], contexts: list[JobContext]) -> list[np.ndarray]:
-        return self.engine.embed_images_batch(prepared, contexts)
+        return self.engine.embed_images_batch(prepared)
 
     def merge(self, results: list[np.ndarray]) -> np.ndarray:
         return results[0] if len(results) == 1 else np.concatenate(results)
@@ -115,10 +115,10 @@ class ImageEmbedding(_DeviceOperation[ImageRequest, ImageJob, np.ndarray]):
 class TextEmbedding(_DeviceOperation[TextRequest, TextInputs, TextEmbeddings]):
     """Texts -> (N, dim) raw embeddings with their truncation flags and token count."""
 
-    kind = EMBED_TEXTS
+    kind = "embed_texts"
 
     def split(self, request: TextRequest) -> list[TextRequest]:
-        parts = _parts(request.texts, self.engine.device_batch)
+        parts = _parts(request.texts, self.settings.max_device_batch)
         return [TextRequest(tuple(part)) for part in parts]
 
     def halve(self, request: TextRequest) -> list[TextRequest]:
@@ -135,7 +135,7 @@ class TextEmbedding(_DeviceOperation[TextRequest, TextInputs, TextEmbeddings]):
     def run_batch(
         self, prepared: list[TextInputs], contexts: list[JobContext]
     ) -> list[TextEmbeddings]:
-        vectors = self.engine.embed_texts_batch(prepared, contexts)
+        vectors = self.engine.embed_texts_batch(prepared)
         return [
             TextEmbeddings(rows, list(inputs.truncated), inputs.tokens)
             for rows, inputs in zip(vectors, prepared, strict=True)

@@ -1,8 +1,8 @@
 """The vision engine: one embedding model (CLIP, SigLIP/SigLIP2, DINOv2/DINOv3) on one device.
 
-It knows nothing of gRPC. The operations (operations.py) prepare inputs on the CPU pool
-(`prepare_images`, `prepare_texts`) in parts of at most `device_batch` items and submit them as
-batchable jobs; the executor coalesces jobs from many requests and calls `embed_images_batch` /
+It knows nothing of gRPC. The operations (embedding.py) prepare inputs on the CPU pool
+(`prepare_images`, `prepare_texts`) in parts of at most `max_device_batch` items and submit them
+as batchable jobs; the executor coalesces jobs from many requests and calls `embed_images_batch` /
 `embed_texts_batch` on the device thread, one forward pass for the whole micro-batch. An
 out-of-memory error leaves here unhandled: the executor splits the batch and lowers its size.
 """
@@ -27,7 +27,6 @@ from services.runtime.devices import (
 )
 from services.runtime.engine import Engine, EngineInfo
 from services.runtime.errors import FailedPrecondition
-from services.runtime.executor import JobContext
 from services.runtime.model_source import discover_family
 from services.vision import loading
 from services.vision.config import VisionSettings
@@ -44,8 +43,6 @@ from services.vision.pixels import PixelTransform, choose_preprocessor
 
 log = logging.getLogger("mmserve.vision")
 
-EMBED_IMAGES = "embed_images"
-EMBED_TEXTS = "embed_texts"
 # Largest decoded image left for the batch to preprocess (preprocess_in_batch): 12 MiB of RGB.
 DEFER_MAX_PIXELS = 4 * 1024 * 1024
 _TEXT_CAPABILITIES = ("embed_texts", "classify_zero_shot", "model_logits")
@@ -74,8 +71,6 @@ class VisionEngine(Engine):
         self.image_size = 0
         self.logit_scale = 1.0
         self.logit_bias = 0.0
-        # Most items one job holds: larger requests are cut into parts of this size.
-        self.device_batch = settings.max_device_batch
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -173,12 +168,12 @@ class VisionEngine(Engine):
         the embedding dimension."""
         blank = Image.new("RGB", (64, 48), (127, 127, 127))
         job = ImageJob(self.prepare_images([blank]), "cls")
-        [vectors] = self.embed_images_batch([job], [JobContext("warmup", EMBED_IMAGES)])
+        [vectors] = self.embed_images_batch([job])
         assert isinstance(vectors, np.ndarray)
         self.dimension = int(vectors.shape[1])
         if self.supports_text:
             texts = self.prepare_texts(["a photo of a cat"])
-            self.embed_texts_batch([texts], [JobContext("warmup", EMBED_TEXTS)])
+            self.embed_texts_batch([texts])
 
     def close(self) -> None:
         self.model = None
@@ -238,9 +233,7 @@ class VisionEngine(Engine):
 
     # --- device side (executor's device thread) ----------------------------------------------
 
-    def embed_images_batch(
-        self, jobs: list[ImageJob], contexts: list[JobContext]
-    ) -> list[np.ndarray]:
+    def embed_images_batch(self, jobs: list[ImageJob]) -> list[np.ndarray]:
         """One micro-batch of image jobs -> one float32 (count, dim) array per job, from one
         forward pass over every job's images."""
         jobs = self._preprocess_deferred(jobs)
@@ -278,9 +271,7 @@ class VisionEngine(Engine):
     def _prepare_now(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         return prepare_images(self.preprocessor, images).tensors
 
-    def embed_texts_batch(
-        self, jobs: list[TextInputs], contexts: list[JobContext]
-    ) -> list[np.ndarray]:
+    def embed_texts_batch(self, jobs: list[TextInputs]) -> list[np.ndarray]:
         """One micro-batch of text jobs -> one float32 (count, dim) array per job, from one
         forward pass over every job's texts."""
         features = self._text_features([ids for job in jobs for ids in job.ids])

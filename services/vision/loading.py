@@ -12,11 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from services.runtime.builtin import ResolvedModel, resolve_model
-from services.vision.builtin import ALIASES, BUILTINS, OLD_PREFIX
+from services.runtime.builtin import ResolvedModel, deprecated_spelling, resolve_model
+from services.vision.builtin import BUILTINS
 from services.vision.config import VisionSettings
 
 log = logging.getLogger("mmserve.vision")
+
+# How built-ins were chosen before `builtin:<name>`; still accepted, with a deprecation warning.
+OLD_PREFIX = "tiny:"
 
 # The keys of a preprocessor_config.json that mean the same thing to BitImageProcessorPil
 # (resize, optional center crop, rescale, normalize), the PIL fallback below.
@@ -36,13 +39,12 @@ _FALLBACK_KEYS = (
 def resolve(settings: VisionSettings) -> ResolvedModel:
     """The configured model's folder and the id GetModelInfo reports."""
     model = settings.model.strip()
+    if model.startswith(OLD_PREFIX):
+        # An unknown old-style name then fails like an unknown `builtin:` one.
+        model = deprecated_spelling(f"model {model!r}", model.removeprefix(OLD_PREFIX))
     if model != settings.model:
         settings = settings.model_copy(update={"model": model})
-    aliases = dict(ALIASES)
-    if model.startswith(OLD_PREFIX) and model not in aliases:
-        # An unknown old-style name fails like an unknown `builtin:` one, listing the built-ins.
-        aliases[model] = model.removeprefix(OLD_PREFIX)
-    return resolve_model(settings, BUILTINS, aliases)
+    return resolve_model(settings, BUILTINS)
 
 
 def load_image_processor(folder: Path) -> Any:

@@ -4,6 +4,7 @@ results as protobuf. GetModelInfo is answered inline."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,7 +14,6 @@ from mmserve.common.v1 import job_pb2, media_pb2
 from mmserve.vision.v1 import vision_pb2
 from services.runtime import job_protos
 from services.runtime.app import ServiceRuntime
-from services.runtime.executor import JobUsage
 from services.runtime.operations import (
     BatchedOperation,
     CallFacts,
@@ -35,8 +35,7 @@ Res = TypeVar("Res")
 
 
 def _usage(usage: Usage) -> job_pb2.Usage:
-    total = JobUsage(usage.queue_seconds, usage.run_seconds, usage.batch_size)
-    return job_protos.usage(total, input_tokens=usage.input_tokens)
+    return job_protos.usage(usage, input_tokens=usage.input_tokens)
 
 
 def _normalize(message: vision_pb2.EmbedImagesRequest | vision_pb2.EmbedTextsRequest) -> bool:
@@ -128,28 +127,49 @@ class _Similarity:
     queries: int
     pooling: Pooling
     logits: bool
+    top_k: int = 0  # Rank's; 0 means every candidate
 
 
-class ComputeSimilarity(_VisionRpc[_Similarity, np.ndarray]):
-    def parse(self, message: vision_pb2.ComputeSimilarityRequest, call: CallFacts) -> _Similarity:
+class _Scoring(_VisionRpc[_Similarity, Res]):
+    """What ComputeSimilarity and Rank share (Rank is one query and a top_k): the checks after
+    the query count, in the order that decides which error a bad request gets, and the scores."""
+
+    def similarity(
+        self,
+        message: vision_pb2.ComputeSimilarityRequest | vision_pb2.RankRequest,
+        queries: Sequence[tuple[str, vision_pb2.VisionInput]],
+        top_k: int = 0,
+    ) -> _Similarity:
         s = self.settings
-        validation.check_count("queries", len(message.queries), s.max_items_per_request, "query")
         validation.check_count(
             "candidates", len(message.candidates), s.max_items_per_request, "candidate"
         )
         logits = validation.wants_model_logits("metric", message.metric)
         pooling = validation.pooling_of("pooling", message.pooling, s.default_pooling)
         items = validation.Items()
-        items.extend("queries", message.queries, s.max_text_chars)
+        for name, query in queries:
+            items.add(name, query, s.max_text_chars)
         items.extend("candidates", message.candidates, s.max_text_chars)
         if items.texts or logits:
             self.embedding.require_text()
-        return _Similarity(items, len(message.queries), pooling, logits)
+        return _Similarity(items, len(queries), pooling, logits, top_k)
 
-    async def compose(self, request: _Similarity, jobs: Jobs) -> np.ndarray:
+    async def scores(self, request: _Similarity, jobs: Jobs) -> np.ndarray:
+        """(queries, candidates) cosines, or the model's logits."""
         vectors = await self.embedding.of_items(jobs, request.items, request.pooling)
         rows = request.queries
         return self.embedding.scores(vectors[:rows], vectors[rows:], request.logits)
+
+
+class ComputeSimilarity(_Scoring[np.ndarray]):
+    def parse(self, message: vision_pb2.ComputeSimilarityRequest, call: CallFacts) -> _Similarity:
+        s = self.settings
+        validation.check_count("queries", len(message.queries), s.max_items_per_request, "query")
+        queries = [(f"queries[{i}]", query) for i, query in enumerate(message.queries)]
+        return self.similarity(message, queries)
+
+    async def compose(self, request: _Similarity, jobs: Jobs) -> np.ndarray:
+        return await self.scores(request, jobs)
 
     async def render(
         self, result: np.ndarray, usage: Usage
@@ -160,32 +180,12 @@ class ComputeSimilarity(_VisionRpc[_Similarity, np.ndarray]):
         return vision_pb2.ComputeSimilarityResponse(scores=matrix, usage=_usage(usage))
 
 
-@dataclass(frozen=True)
-class _Rank:
-    items: validation.Items  # the query first, then the candidates
-    pooling: Pooling
-    logits: bool
-    top_k: int
+class Rank(_Scoring[list[tuple[int, float]]]):
+    def parse(self, message: vision_pb2.RankRequest, call: CallFacts) -> _Similarity:
+        return self.similarity(message, [("query", message.query)], message.top_k)
 
-
-class Rank(_VisionRpc[_Rank, list[tuple[int, float]]]):
-    def parse(self, message: vision_pb2.RankRequest, call: CallFacts) -> _Rank:
-        s = self.settings
-        validation.check_count(
-            "candidates", len(message.candidates), s.max_items_per_request, "candidate"
-        )
-        logits = validation.wants_model_logits("metric", message.metric)
-        pooling = validation.pooling_of("pooling", message.pooling, s.default_pooling)
-        items = validation.Items()
-        items.add("query", message.query, s.max_text_chars)
-        items.extend("candidates", message.candidates, s.max_text_chars)
-        if items.texts or logits:
-            self.embedding.require_text()
-        return _Rank(items, pooling, logits, message.top_k)
-
-    async def compose(self, request: _Rank, jobs: Jobs) -> list[tuple[int, float]]:
-        vectors = await self.embedding.of_items(jobs, request.items, request.pooling)
-        scores = self.embedding.scores(vectors[:1], vectors[1:], request.logits)[0]
+    async def compose(self, request: _Similarity, jobs: Jobs) -> list[tuple[int, float]]:
+        scores = (await self.scores(request, jobs))[0]
         return [(i, float(scores[i])) for i in scoring.top_k(scores, request.top_k)]
 
     async def render(

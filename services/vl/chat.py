@@ -46,7 +46,6 @@ class ChatLimits:
 
     max_context_tokens: int
     max_new_tokens: int
-    default_max_new_tokens: int
     max_messages: int
     max_images: int
     default_min_pixels: int

@@ -7,7 +7,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from services.runtime.builtin import BUILTIN_PREFIX
+from services.runtime.builtin import model_field
 from services.runtime.chat.settings import ChatSettings
 from services.vl.builtin import BUILTINS
 
@@ -30,13 +30,7 @@ class VLSettings(ChatSettings):
     metrics_port: int | None = Field(
         9092, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 free, unset off."
     )
-    model: str = Field(
-        "",
-        description=(
-            f"Model folder, hub id or {BUILTIN_PREFIX}<name>; empty: "
-            f"{BUILTIN_PREFIX}{BUILTINS.default}. Built-ins: {BUILTINS.describe()}."
-        ),
-    )
+    model: str = model_field(BUILTINS)
     # --- image resolution (Qwen-style min/max pixel bounds of the image processor) ---
     default_min_pixels: int = Field(
         QWEN_MIN_PIXELS, ge=1, description="Default lower bound of width*height after resizing."

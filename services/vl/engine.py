@@ -175,7 +175,7 @@ class VLEngine(Engine):
             sampling=Sampling(max_new_tokens=2, seed=0),
         )
         prepared = self.prepare(chat)
-        self.generate(prepared, JobContext("warmup", CHAT_KIND), stream=False)
+        self.generate(prepared, JobContext("warmup", CHAT_KIND))
         if self.settings.batching:
             contexts = [JobContext(f"warmup-{i}", CHAT_KIND) for i in range(2)]
             self.generate_batch([prepared, prepared], contexts)
@@ -206,7 +206,6 @@ class VLEngine(Engine):
         return ChatLimits(
             max_context_tokens=self.context_tokens,
             max_new_tokens=settings.max_new_tokens,
-            default_max_new_tokens=settings.default_max_new_tokens,
             max_messages=settings.max_messages,
             max_images=settings.max_images,
             default_min_pixels=settings.default_min_pixels,
@@ -290,11 +289,12 @@ class VLEngine(Engine):
 
     # --- generating (device thread) --------------------------------------------------------
 
-    def generate(self, prepared: PreparedChat, ctx: JobContext, *, stream: bool) -> ChatOutput:
-        """One request; with `stream`, text deltas go out through ctx.emit as they complete.
-        A cancel (or deadline) stops it at the next token and raises the cancel error."""
+    def generate(self, prepared: PreparedChat, ctx: JobContext) -> ChatOutput:
+        """One request; with `prepared.stream`, text deltas go out through ctx.emit as they
+        complete. A cancel (or deadline) stops it at the next token and raises the cancel
+        error."""
         ctx.check()
-        row = self._row(prepared, ctx, stream)
+        row = self._row(prepared, ctx)
         [output] = run_generate(
             self.model,
             self._to_device(prepared.inputs),
@@ -319,7 +319,7 @@ class VLEngine(Engine):
         )
         if stacked is None:
             return [self._one_of_batch(p, ctx) for p, ctx in zip(batch, contexts, strict=True)]
-        rows = [self._row(p, ctx, p.stream) for p, ctx in zip(batch, contexts, strict=True)]
+        rows = [self._row(p, ctx) for p, ctx in zip(batch, contexts, strict=True)]
         outputs = run_generate(
             self.model,
             self._to_device(stacked),
@@ -334,17 +334,17 @@ class VLEngine(Engine):
 
     def _one_of_batch(self, prepared: PreparedChat, ctx: JobContext) -> ChatOutput | Exception:
         try:
-            return self.generate(prepared, ctx, stream=prepared.stream)
+            return self.generate(prepared, ctx)
         except Exception as exc:  # one row's failure must not fail its neighbours
             return exc
 
-    def _row(self, prepared: PreparedChat, ctx: JobContext, stream: bool) -> Row:
+    def _row(self, prepared: PreparedChat, ctx: JobContext) -> Row:
         return new_row(
             ctx,
             prepared.plan,
             tokenizer=self.tokenizer,
             input_tokens=prepared.input_tokens,
-            stream=stream,
+            stream=prepared.stream,
         )
 
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

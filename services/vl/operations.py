@@ -110,7 +110,7 @@ class Chat(BatchedOperation[ChatCall, PreparedChat, ChatOutput]):
         return list(self.engine.generate_batch(prepared, contexts))
 
     def run(self, prepared: PreparedChat, ctx: JobContext) -> ChatOutput:
-        return self.engine.generate(prepared, ctx, stream=prepared.stream)
+        return self.engine.generate(prepared, ctx)
 
     async def render(self, result: ChatOutput, usage: Usage) -> vl_pb2.ChatResponse:
         return vl_pb2.ChatResponse(

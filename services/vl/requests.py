@@ -15,11 +15,10 @@ from mmserve.vl.v1 import vl_pb2
 from services.runtime.chat.messages import ImagePart, Message, Role, TextPart
 from services.runtime.chat.protos import (
     ROLES,
-    invalid_request,
     sampling_from_proto,
     sampling_violations,
 )
-from services.runtime.errors import FailedPrecondition, FieldViolation
+from services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from services.vl.chat import ChatInput, ChatLimits, Resolution
 
 
@@ -32,7 +31,7 @@ def check_request(request: vl_pb2.ChatRequest, limits: ChatLimits) -> None:
         *_check_resolution(request.image_resolution, limits),
     ]
     if violations:
-        raise invalid_request(violations)
+        raise InvalidArgument.for_fields(violations)
     resolution = request.image_resolution
     if (resolution.min_pixels or resolution.max_pixels) and not limits.resolution_supported:
         raise FailedPrecondition(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mmserve.common.v1 import chat_pb2, media_pb2
@@ -91,18 +90,6 @@ def audio_part(
 
 def words(text: str) -> list[str]:
     return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
-
-
-def violations(error: grpc.aio.AioRpcError) -> list[str]:
-    """The BadRequest field paths of an error's google.rpc details."""
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    return [v.field for v in bad.field_violations]
-    return []
 
 
 class EventLog:

@@ -7,13 +7,11 @@ import logging
 
 import pytest
 
-from services.omni import CAPABILITY
 from services.omni.builtin import BUILTINS
+from services.omni.capability import CAPABILITY
 from services.omni.config import OmniSettings
-from services.runtime.app import job_handlers
-from services.runtime.builtin import BUILTIN_PREFIX
+from services.runtime.builtin import BUILTIN_PREFIX, ResolvedModel, resolve_model
 from services.runtime.pipeline import service_descriptor
-from services.runtime.server import imported
 
 
 def test_builtins_name_the_old_local_models() -> None:
@@ -26,7 +24,8 @@ def test_builtins_name_the_old_local_models() -> None:
 def test_builtin_spelling_and_the_deprecated_local_model(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from services.omni.engine import resolved_model
+    def resolved_model(settings: OmniSettings) -> ResolvedModel:
+        return resolve_model(settings, BUILTINS, legacy=("local_model", settings.local_model))
 
     with caplog.at_level(logging.WARNING, logger="mmserve.models"):
         new = resolved_model(OmniSettings(model=f"{BUILTIN_PREFIX}tiny-qwen2.5-omni"))
@@ -48,7 +47,7 @@ def test_every_method_of_the_service_has_an_entry() -> None:
     settings = OmniSettings(port=0, metrics_port=None)
     runtime = ServiceRuntime("omni", settings, OmniEngine(settings))
     try:
-        table = {**job_handlers(runtime), **imported(CAPABILITY.operations)(runtime)}
+        table = CAPABILITY.table(runtime)
         methods = {m.name for m in service_descriptor("mmserve.omni.v1.OmniService").methods}
         assert set(table) == methods
     finally:

@@ -23,9 +23,9 @@ from tests.omni.support import (
     start_omni,
     text_part,
     user,
-    violations,
     wav,
 )
+from tests.support.rpc import field_violations
 
 QUESTION = "What is the capital of France?"
 # Far more tokens than a cancel needs to arrive in: a job that kept running would show it.
@@ -176,7 +176,7 @@ async def test_bad_audio_is_invalid_argument(stub, part, field):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Chat(chat_request(part), timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(caught.value) == [f"messages[0].content[0]{field}"]
+    assert field_violations(caught.value) == [f"messages[0].content[0]{field}"]
 
 
 async def test_unsupported_inputs_get_the_right_codes(stub):
@@ -195,18 +195,18 @@ async def test_unsupported_inputs_get_the_right_codes(stub):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Chat(bad_order, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(caught.value) == ["messages[0].role"]
+    assert field_violations(caught.value) == ["messages[0].role"]
 
     request = chat_request(text_part("hi"), speech_on=True)
     request.speech.voice = "nobody"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Chat(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(caught.value) == ["speech.voice"]
+    assert field_violations(caught.value) == ["speech.voice"]
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Chat(chat_request(text_part("hi"), temperature=3.0), timeout=30)
-    assert violations(caught.value) == ["sampling.temperature"]
+    assert field_violations(caught.value) == ["sampling.temperature"]
 
 
 async def test_sampling_violations_come_together(stub):
@@ -214,7 +214,7 @@ async def test_sampling_violations_come_together(stub):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Chat(bad, timeout=30)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violations(caught.value) == [
+    assert field_violations(caught.value) == [
         "sampling.temperature",
         "sampling.top_p",
         "sampling.stop[1]",

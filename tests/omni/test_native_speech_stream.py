@@ -45,7 +45,7 @@ SAMPLING = SamplingPlan(max_new_tokens=6, seed=SEED)
 def engine(tmp_path_factory):
     """A Qwen3-Omni engine streaming every 4 codes; its family serves the in-process tests."""
     settings = OmniSettings(
-        local_model="tiny-qwen3-omni",
+        model="builtin:tiny-qwen3-omni",
         native_speech_chunk_codes=4,
         talker_max_new_tokens=QWEN3_TALKER,
         device="cpu",
@@ -353,7 +353,7 @@ def server(tmp_path_factory):
         process = start_omni(
             tmp_path_factory.mktemp("omni-stream"),
             [
-                "--local-model", "tiny-qwen3-omni",
+                "--model", "builtin:tiny-qwen3-omni",
                 "--talker-max-new-tokens", str(QWEN3_TALKER),
                 "--native-speech-chunk-codes", "4",
                 "--asr-model", "none",

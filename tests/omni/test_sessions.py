@@ -20,10 +20,9 @@ from tests.omni.support import (
     speech,
     start_omni,
     turn_done,
-    violations,
     wav,
 )
-from tests.support.rpc import retry_info
+from tests.support.rpc import field_violations, retry_info
 
 LISTENING = omni_pb2.SESSION_STATE_LISTENING
 RESPONDING = omni_pb2.SESSION_STATE_RESPONDING
@@ -291,7 +290,7 @@ async def test_session_inputs_get_the_right_codes(stub):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await push(1, audio=audio)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
-            assert violations(caught.value) == [field]
+            assert field_violations(caught.value) == [field]
         ack = await push(1, audio=media_pb2.Audio(data=wav(silence(0.2))))  # WAV is fine too
         assert ack.acked_sequence == 1
     finally:

@@ -24,9 +24,9 @@ from tests.omni.support import (
     start_omni,
     text_part,
     user,
-    violations,
     wav,
 )
+from tests.support.rpc import field_violations
 
 SAMPLE = np.concatenate([speech("The quick brown fox jumps over the lazy dog."), silence(1.0)])
 
@@ -67,7 +67,7 @@ async def test_voices_register_list_survive_restart_and_delete(tmp_path):
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.RegisterVoice(request, timeout=30)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-                assert violations(caught.value) == [field]
+                assert field_violations(caught.value) == [field]
 
             # Piper cannot clone: the registered voice is refused where it would be used.
             chat = omni_pb2.ChatRequest(

@@ -1,11 +1,9 @@
 """The chat core every chat service shares: SamplingParams checks (every violation at once),
-sampling defaults, finish reasons, streamed text assembly and the StreamChat writer."""
+sampling defaults, finish reasons, streamed text assembly and the StreamChat renderer."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,7 +23,6 @@ from services.runtime.chat.messages import (
 )
 from services.runtime.chat.protos import (
     ROLES,
-    finish_reason_from_proto,
     finish_reason_proto,
     parse_sampling,
     sampling_violations,
@@ -36,9 +33,8 @@ from services.runtime.chat.sampling import (
     ServiceDefaults,
     resolve_sampling,
 )
-from services.runtime.chat.stream import ChatStreamRenderer, ChatStreamWriter
-from services.runtime.errors import InvalidArgument, JobCancelled
-from services.runtime.executor import JobFinished, JobOutput, JobUsage
+from services.runtime.chat.stream import ChatStreamRenderer
+from services.runtime.errors import InvalidArgument
 from services.runtime.operations import Usage
 from services.runtime.tokenizers import qwen_tokenizer
 
@@ -119,16 +115,15 @@ def test_defaults_come_from_request_then_model_then_service() -> None:
     assert plan.repetition_penalty == pytest.approx(1.05)
     assert plan.max_new_tokens == 256
 
-    service = ServiceDefaults(
-        default_max_new_tokens=64, max_new_tokens=100, top_p=0.5, repetition_penalty=1.2
-    )
+    service = ServiceDefaults(default_max_new_tokens=64, max_new_tokens=100)
     plan = resolve_sampling(Sampling(max_new_tokens=10**6, stop=("END",)), ModelDefaults(), service)
     assert plan.max_new_tokens == 100  # capped, not refused
+    # Neither the request nor the model sets them: the contract's defaults.
     assert (plan.temperature, plan.top_p, plan.top_k, plan.repetition_penalty) == (
         0.0,
-        0.5,
+        1.0,
         0,
-        1.2,
+        1.0,
     )
     assert plan.stop == ("END",)
     assert plan.greedy
@@ -152,16 +147,13 @@ def test_an_unset_seed_is_drawn_and_a_set_one_kept() -> None:
 # ---- vocabulary ---------------------------------------------------------------------------
 
 
-def test_finish_reasons_map_both_ways() -> None:
+def test_finish_reasons_map_to_the_contract() -> None:
     expected = {
         FinishReason.STOP: chat_pb2.FINISH_REASON_STOP,
         FinishReason.LENGTH: chat_pb2.FINISH_REASON_LENGTH,
         FinishReason.CANCELLED: chat_pb2.FINISH_REASON_CANCELLED,
     }
     assert {reason: finish_reason_proto(reason) for reason in FinishReason} == expected
-    for reason, value in expected.items():
-        assert finish_reason_from_proto(value) is reason
-    assert finish_reason_from_proto(chat_pb2.FINISH_REASON_UNSPECIFIED) is None
 
 
 def test_roles_and_message_text() -> None:
@@ -250,56 +242,7 @@ def test_assembler_text_is_the_concatenation_of_released_pieces(tokenizer) -> No
     assert assembler.finish() == ""
 
 
-# ---- the StreamChat writer ----------------------------------------------------------------
-
-
-def snapshot(job_id: str) -> Any:
-    assert job_id == "job-1"
-    return SimpleNamespace(queue_seconds=0.25, run_seconds=1.5, batch_size=1)
-
-
-async def cancelled_after_two_deltas() -> AsyncIterator[tuple[str, object]]:
-    yield "job-1", JobOutput(PromptTokens(12))
-    yield "job-1", JobOutput(TextDelta("Once", 1))
-    yield "job-1", JobOutput(TextDelta(" upon", 3))
-    raise JobCancelled("cancelled by CancelJob")
-
-
-async def drain(replies: AsyncIterator[Any], into: list[Any]) -> None:
-    async for reply in replies:
-        into.append(reply)
-
-
-async def test_a_cancelled_stream_ends_with_a_cancelled_completion() -> None:
-    writer = ChatStreamWriter(vl_pb2.StreamChatResponse, snapshot, seed=42)
-    replies: list[vl_pb2.StreamChatResponse] = []
-    with pytest.raises(JobCancelled):
-        await drain(writer.replies(cancelled_after_two_deltas()), replies)
-    assert [r.WhichOneof("event") for r in replies] == ["delta", "delta", "completed"]
-    last = replies[-1]
-    assert last.job_id == "job-1"
-    assert last.completed.finish_reason == chat_pb2.FINISH_REASON_CANCELLED
-    assert last.completed.seed == 42
-    usage = last.completed.usage
-    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (12, 3, 15)
-    assert (usage.queue_seconds, usage.run_seconds, usage.batch_size) == (0.25, 1.5, 1)
-
-
-async def test_a_finished_stream_ends_with_the_job_result() -> None:
-    async def finished() -> AsyncIterator[tuple[str, object]]:
-        yield "job-1", JobOutput(TextDelta("Hi", 1))
-        yield "job-1", JobOutput(object())  # not a chat output: not sent
-        output = ChatOutput("Hi", FinishReason.LENGTH, input_tokens=5, output_tokens=1, seed=9)
-        yield "job-1", JobFinished(output, JobUsage(0.0, 0.5, 2))
-
-    writer = ChatStreamWriter(vl_pb2.StreamChatResponse, snapshot, seed=0, input_tokens=5)
-    replies = [reply async for reply in writer.replies(finished())]
-    assert [r.WhichOneof("event") for r in replies] == ["delta", "completed"]
-    assert replies[0].delta == chat_pb2.TextDelta(text="Hi", output_tokens=1)
-    completed = replies[1].completed
-    assert completed.finish_reason == chat_pb2.FINISH_REASON_LENGTH
-    assert completed.seed == 9
-    assert (completed.usage.total_tokens, completed.usage.batch_size) == (6, 2)
+# ---- the StreamChat renderer --------------------------------------------------------------
 
 
 async def test_the_renderer_maps_deltas_and_the_finished_output() -> None:

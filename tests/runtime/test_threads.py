@@ -68,7 +68,7 @@ def test_gil_switch_interval_is_set_in_milliseconds() -> None:
 def test_capability_modules_load_torch_only_with_their_engine() -> None:
     """The policy can only apply if `python -m services.<capability>` has not imported torch by
     the time settings are parsed: the capability modules import their engines lazily."""
-    modules = ["services.t2i.capability", "services.vl.capability", "services.omni"]
+    modules = ["services.t2i.capability", "services.vl.capability", "services.omni.capability"]
     modules.append("services.vision.capability")
     code = "import sys, importlib\n"
     code += "".join(f"importlib.import_module({m!r})\n" for m in modules)

@@ -9,12 +9,12 @@ import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mmserve.common.v1 import job_pb2
 from tests.support.echo_service import CAPABILITY, SERVICE, EchoEngine, echo_pb2
+from tests.support.rpc import field_violations
 from tests.support.servers import health_status, running_server
 
 PREFIX = f"/{SERVICE}/"
@@ -57,23 +57,6 @@ async def stub(server):
         yield Echo(channel)
 
 
-def engine_of(server) -> EchoEngine:
-    engine = server.runtime.engine
-    assert isinstance(engine, EchoEngine)
-    return engine
-
-
-def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    return [v.field for v in bad.field_violations]
-    return []
-
-
 async def test_health_and_reflection_come_from_the_runtime(server) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         assert await health_status(channel, SERVICE) == health_pb2.HealthCheckResponse.SERVING
@@ -94,7 +77,7 @@ async def test_unary_reports_usage_and_runs_on_the_device_thread(server, stub) -
     assert reply.usage.run_seconds >= 0.15
     assert reply.usage.batch_size == 1
     # Loading and every device run share one thread (one OpenMP team).
-    assert len(engine_of(server).threads) == 1
+    assert len(server.runtime.engine_as(EchoEngine).threads) == 1
 
 
 async def test_every_violation_is_named(stub) -> None:
@@ -182,7 +165,7 @@ async def test_callers_share_micro_batches(server, stub) -> None:
     )
     assert [list(r.texts) for r in replies] == [[f"CALLER {i}"] for i in range(4)]
     assert max(r.usage.batch_size for r in replies) >= 2
-    assert sum(engine_of(server).device_calls) == 4
+    assert sum(server.runtime.engine_as(EchoEngine).device_calls) == 4
 
 
 @pytest.mark.parametrize(
@@ -192,7 +175,7 @@ async def test_a_large_request_is_split_and_an_oom_halves_the_batch(server, stub
     texts = [f"t{i}" for i in range(8)]  # four device-sized parts of two texts
     reply = await stub.shout(echo_pb2.ShoutRequest(texts=texts))
     assert list(reply.texts) == [text.upper() for text in texts]
-    calls = engine_of(server).device_calls
+    calls = server.runtime.engine_as(EchoEngine).device_calls
     assert calls[0] == 4  # all four parts together: 8 texts, out of memory
     assert max(calls[1:]) <= 2  # then halves that fit
     assert server.runtime.executor.effective_max_batch("shout") == 2
@@ -204,4 +187,4 @@ async def test_a_part_too_large_alone_runs_in_halves(server, stub) -> None:
     reply = await stub.shout(echo_pb2.ShoutRequest(texts=["a", "b", "c"]))
     assert list(reply.texts) == ["A", "B", "C"]
     # a part of two texts ran out of memory alone, then ran as two parts of one
-    assert engine_of(server).device_calls.count(1) >= 3
+    assert server.runtime.engine_as(EchoEngine).device_calls.count(1) >= 3

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,6 @@ class EchoEngine(Engine):
 
 
 def _thread() -> str:
-    import threading
-
     return threading.current_thread().name
 
 
@@ -138,7 +137,7 @@ class Echo(Operation[EchoRequest, EchoRequest, str]):
         return EchoRequest(message.text, message.steps, message.step_seconds)
 
     def run(self, prepared: EchoRequest, ctx: JobContext) -> str:
-        return _engine(self.runtime).echo(ctx, prepared)
+        return self.runtime.engine_as(EchoEngine).echo(ctx, prepared)
 
     async def render(self, result: str, usage: Usage) -> Any:
         return echo_pb2.EchoResponse(text=result, usage=job_protos.usage(usage))
@@ -195,20 +194,14 @@ class Shout(BatchedOperation[list[str], list[str], list[str]]):
         return [text for part in results for text in part]
 
     def batch_spec(self) -> BatchSpec:
-        settings: EchoSettings = self.runtime.settings  # type: ignore[assignment]
+        settings = self.runtime.settings_as(EchoSettings)
         return BatchSpec(settings.batch_max_size, settings.batch_max_wait_ms)
 
     def run_batch(self, prepared: list[list[str]], contexts: list[JobContext]) -> list[list[str]]:
-        return _engine(self.runtime).shout(prepared)
+        return self.runtime.engine_as(EchoEngine).shout(prepared)
 
     async def render(self, result: list[str], usage: Usage) -> Any:
         return echo_pb2.ShoutResponse(texts=result, usage=job_protos.usage(usage))
-
-
-def _engine(runtime: ServiceRuntime) -> EchoEngine:
-    engine = runtime.engine
-    assert isinstance(engine, EchoEngine)
-    return engine
 
 
 def operations(runtime: ServiceRuntime) -> OperationTable:
@@ -220,7 +213,7 @@ CAPABILITY = Capability(
     name="echo",
     service_names=(SERVICE,),
     settings_cls=EchoSettings,
-    create_engine=lambda settings: EchoEngine(settings),  # type: ignore[arg-type]
+    create_engine=EchoEngine,
     operations=operations,
 )
 

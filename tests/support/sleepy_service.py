@@ -106,7 +106,7 @@ class Generate(Operation[SleepyRequest, SleepyRequest, bytes]):
         return SleepyRequest(params.prompt, steps, size)
 
     def run(self, prepared: SleepyRequest, ctx: JobContext) -> bytes:
-        engine: SleepyEngine = self.runtime.engine  # type: ignore[assignment]
+        engine = self.runtime.engine_as(SleepyEngine)
         return engine.generate(ctx, prepared.prompt, prepared.steps, prepared.size)
 
     async def render(self, result: bytes, usage: Usage) -> t2i_pb2.TextToImageResponse:

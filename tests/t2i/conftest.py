@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.t2i.builtin import tiny_model_dir
+from services.t2i.builtin import BUILTINS
 
 # One intra-op thread: the tiny models gain nothing from more, and the server's device thread
 # and the test's reference pipeline then compute with the same reduction order.
@@ -17,14 +17,14 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def sd_dir() -> Path:
-    return tiny_model_dir("stable_diffusion")
+    return BUILTINS.get("stable_diffusion").build()
 
 
 @pytest.fixture(scope="session")
 def hunyuan_dir() -> Path:
-    return tiny_model_dir("hunyuan_dit")
+    return BUILTINS.get("hunyuan_dit").build()
 
 
 @pytest.fixture(scope="session")
 def qwen_dir() -> Path:
-    return tiny_model_dir("qwen_image")
+    return BUILTINS.get("qwen_image").build()

@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 import numpy as np
 import torch
-from google.rpc import error_details_pb2, status_pb2
 from PIL import Image
 
 from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
@@ -34,19 +33,6 @@ async def served(argv: list[str]) -> AsyncIterator[t2i_pb2_grpc.ImageGenerationS
         assert server.runtime.load_error == ""
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             yield t2i_pb2_grpc.ImageGenerationServiceStub(channel)
-
-
-def field_violations(exc: grpc.aio.AioRpcError) -> list[str]:
-    """The BadRequest field names a client receives."""
-    fields: list[str] = []
-    for key, value in exc.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    fields.extend(v.field for v in bad.field_violations)
-    return fields
 
 
 def generators(seed: int, count: int) -> list[torch.Generator]:

@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 
 from mmserve.t2i.v1 import t2i_pb2
-from services.runtime.builtin import BUILTIN_PREFIX
-from services.t2i.builtin import BUILTINS, tiny_model_dir
+from services.runtime.builtin import BUILTIN_PREFIX, ResolvedModel, resolve_model
+from services.t2i.builtin import BUILTINS
 from services.t2i.config import T2ISettings
-from services.t2i.loader import resolved_model
 from tests.t2i.helpers import params, served
 
 WAIT = 60
+
+
+def resolved_model(settings: T2ISettings) -> ResolvedModel:
+    """The model the loader resolves for `settings`."""
+    return resolve_model(settings, BUILTINS, legacy=("tiny_model", settings.tiny_model))
 
 
 def test_every_tiny_family_is_a_builtin_and_stable_diffusion_is_the_default() -> None:
@@ -33,7 +37,7 @@ def test_empty_model_is_the_default_builtin(sd_dir: Path) -> None:
 
 def test_builtin_spelling_picks_the_family(hunyuan_dir: Path) -> None:
     resolved = resolved_model(T2ISettings(model=BUILTIN_PREFIX + "hunyuan_dit"))
-    assert resolved.folder == hunyuan_dir == tiny_model_dir("hunyuan_dit")
+    assert resolved.folder == hunyuan_dir == BUILTINS.get("hunyuan_dit").build()
     assert resolved.model_id.startswith("builtin:hunyuan_dit")
 
 

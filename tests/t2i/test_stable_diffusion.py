@@ -17,9 +17,9 @@ from PIL import Image
 
 from mmserve.common.v1 import job_pb2, media_pb2
 from mmserve.t2i.v1 import t2i_pb2
+from tests.support.rpc import field_violations
 from tests.t2i.helpers import (
     PROMPT,
-    field_violations,
     generators,
     load_reference,
     params,

@@ -19,7 +19,6 @@ from transformers import BatchFeature, CLIPImageProcessorPil
 from transformers.image_transforms import center_crop
 
 from services.runtime.config import load_settings
-from services.runtime.executor import JobContext
 from services.vision import pixels
 from services.vision.builtin import BUILTINS
 from services.vision.config import VisionSettings
@@ -236,8 +235,7 @@ def test_preprocessing_in_the_batch_gives_the_same_inputs_and_embeddings() -> No
         assert done.inputs.count == expected.inputs.count
         got, want = done.inputs.tensors["pixel_values"], expected.inputs.tensors["pixel_values"]
         assert max_difference(want, got) == 0.0
-    contexts = [JobContext(f"job{i}", "embed_images") for i in range(len(batches))]
-    on = engines["on"].embed_images_batch(deferred, contexts)
-    off = engines["off"].embed_images_batch(ready, contexts)
+    on = engines["on"].embed_images_batch(deferred)
+    off = engines["off"].embed_images_batch(ready)
     for a, b in zip(on, off, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)

@@ -22,15 +22,13 @@ from typing import Any
 
 from services.omni.families.qwen3_omni import QWEN3_OMNI_CHAT_TEMPLATE, Qwen3OmniProcessor
 from services.runtime.model_cache import cached_model_dir
-from services.runtime.tokenizers import qwen_tokenizer
+from services.runtime.tokenizers import QWEN25_EXTRA_SPECIALS, QWEN_VL_SPECIALS, qwen_tokenizer
 
 CACHE_NAME = "tiny-qwen3-omni"
 # After <|endoftext|>, <|im_start|>, <|im_end|>: ids 151646.. as in Qwen3-Omni's tokenizer.
 QWEN3_OMNI_SPECIALS = (
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
-    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+    *QWEN_VL_SPECIALS,
+    *QWEN25_EXTRA_SPECIALS,
     "<tool_response>", "</tool_response>", "<think>", "</think>", "<|audio_start|>",
     "<|audio_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>", "<tts_text_bos_single>",
     "<|audio_pad|>",

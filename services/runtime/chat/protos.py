@@ -25,7 +25,6 @@ _FINISH_REASONS: dict[FinishReason, chat_pb2.FinishReason.ValueType] = {
     FinishReason.LENGTH: chat_pb2.FINISH_REASON_LENGTH,
     FinishReason.CANCELLED: chat_pb2.FINISH_REASON_CANCELLED,
 }
-_FROM_PROTO = {value: reason for reason, value in _FINISH_REASONS.items()}
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_BYTES = 256
@@ -34,17 +33,6 @@ MAX_TEMPERATURE = 2.0
 
 def finish_reason_proto(reason: FinishReason) -> chat_pb2.FinishReason.ValueType:
     return _FINISH_REASONS[reason]
-
-
-def finish_reason_from_proto(value: int) -> FinishReason | None:
-    """None for FINISH_REASON_UNSPECIFIED (not finished) and values this build does not know."""
-    return _FROM_PROTO.get(value)
-
-
-def invalid_request(violations: list[FieldViolation]) -> InvalidArgument:
-    """One INVALID_ARGUMENT carrying every violation, its message naming them all."""
-    summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return InvalidArgument(f"invalid request: {summary}", violations)
 
 
 def sampling_violations(
@@ -99,5 +87,5 @@ def parse_sampling(params: chat_pb2.SamplingParams, field: str = "sampling") -> 
     """The checked request sampling; InvalidArgument naming every bad field otherwise."""
     found = sampling_violations(params, field)
     if found:
-        raise invalid_request(found)
+        raise InvalidArgument.for_fields(found)
     return sampling_from_proto(params)

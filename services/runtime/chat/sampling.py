@@ -1,8 +1,9 @@
 """Decoding parameters: what a request asks for, and the plan a generation runs with.
 
 Each parameter is resolved in the same order everywhere: the request's value, else the model's
-generation_config.json value, else the service's default. A request that leaves the seed unset
-gets a random one, returned to the client so the answer can be reproduced.
+generation_config.json value, else the contract's default (max_new_tokens: the request's, else
+the service's). A request that leaves the seed unset gets a random one, returned to the client
+so the answer can be reproduced.
 """
 
 from __future__ import annotations
@@ -73,35 +74,39 @@ def _float(config: Any, name: str) -> float | None:
     return None if value is None else float(value)
 
 
+# The contract's defaults, for what neither the request nor the model sets.
+DEFAULT_TEMPERATURE = 0.0
+DEFAULT_TOP_P = 1.0
+DEFAULT_TOP_K = 0
+DEFAULT_REPETITION_PENALTY = 1.0
+
+
 @dataclass(frozen=True)
 class ServiceDefaults:
-    """A service's own defaults (the contract's, but for the token budget) and its cap on
+    """A service's token budget for requests that leave max_new_tokens unset, and its cap on
     max_new_tokens: larger requests are capped, not refused."""
 
     default_max_new_tokens: int
     max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
 
 
 def resolve_sampling(
     request: Sampling, model: ModelDefaults, service: ServiceDefaults
 ) -> SamplingPlan:
-    """The plan: request value, else the model's, else the service's; a random seed if unset.
-    max_new_tokens is capped by the service; the context's room is the engine's to apply."""
+    """The plan: request value, else the model's, else the contract's default; a random seed if
+    unset. max_new_tokens defaults to and is capped by the service's; the context's room is the
+    engine's to apply."""
     wanted = request.max_new_tokens or service.default_max_new_tokens
     return SamplingPlan(
         max_new_tokens=min(wanted, service.max_new_tokens),
-        temperature=float(_pick(request.temperature, model.temperature, service.temperature)),
-        top_p=float(_pick(request.top_p, model.top_p, service.top_p)),
-        top_k=int(_pick(request.top_k, model.top_k, service.top_k)),
+        temperature=float(_pick(request.temperature, model.temperature, DEFAULT_TEMPERATURE)),
+        top_p=float(_pick(request.top_p, model.top_p, DEFAULT_TOP_P)),
+        top_k=int(_pick(request.top_k, model.top_k, DEFAULT_TOP_K)),
         repetition_penalty=float(
             _pick(
                 request.repetition_penalty,
                 model.repetition_penalty,
-                service.repetition_penalty,
+                DEFAULT_REPETITION_PENALTY,
             )
         ),
         seed=request.seed if request.seed is not None else secrets.randbits(63),

@@ -10,14 +10,7 @@ Nothing here imports torch or diffusers until a model is built: `--help` stays c
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
-
 from services.runtime.builtin import BuiltinModel, BuiltinModels
-
-DEFAULT_FAMILY = "stable_diffusion"
 
 BUILTINS = BuiltinModels(
     (
@@ -37,13 +30,5 @@ BUILTINS = BuiltinModels(
             "tiny Qwen-Image (MMDiT, Qwen2.5-VL text encoder and tokenizer)",
         ),
     ),
-    default=DEFAULT_FAMILY,
+    default="stable_diffusion",
 )
-
-
-def tiny_model_dir(family: str = DEFAULT_FAMILY, config: Mapping[str, Any] | None = None) -> Path:
-    """The folder of `family`'s tiny pipeline, built once per config and cached; `config`
-    replaces the family's own (the benchmarks build larger pipelines of the same classes)."""
-    module, _, _ = BUILTINS.get(family).builder.partition(":")
-    make: Callable[[Mapping[str, Any] | None], Path] = importlib.import_module(module).model_dir
-    return make(config)

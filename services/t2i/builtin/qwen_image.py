@@ -9,26 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from services.runtime.model_cache import cached_model_dir
-from services.runtime.tokenizers import qwen_tokenizer
-from services.t2i.builtin.common import remove_tree
-
-# The Qwen2.5-VL special tokens in their official order (ids 151643 on).
-QWEN_VL_SPECIALS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+from services.runtime.tokenizers import QWEN_VL_SPECIALS, qwen_tokenizer
+from services.t2i.builtin.common import remove_tree, tuples
 
 QWEN_IMAGE_CONFIG: dict[str, Any] = {
     # sum(axes_dims_rope) == attention_head_dim; in_channels == vae z_dim * 2 * 2.
@@ -95,8 +77,6 @@ def build_qwen_image(folder: Path, config: Mapping[str, Any] = QWEN_IMAGE_CONFIG
     work = folder / "_tokenizer"
     qwen_tokenizer(QWEN_VL_SPECIALS).save_pretrained(work)
     tokenizer = Qwen2Tokenizer.from_pretrained(work)
-    transformer_config = dict(config["transformer"])
-    transformer_config["axes_dims_rope"] = tuple(transformer_config["axes_dims_rope"])
     pipe = QwenImagePipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=AutoencoderKLQwenImage(**config["vae"]).eval(),
@@ -104,7 +84,7 @@ def build_qwen_image(folder: Path, config: Mapping[str, Any] = QWEN_IMAGE_CONFIG
             Qwen2_5_VLConfig(**json.loads(json.dumps(config["text_encoder"])))
         ).eval(),
         tokenizer=tokenizer,
-        transformer=QwenImageTransformer2DModel(**transformer_config).eval(),
+        transformer=QwenImageTransformer2DModel(**tuples(config["transformer"])).eval(),
     )
     pipe.save_pretrained(folder)
     remove_tree(work)

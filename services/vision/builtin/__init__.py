@@ -47,7 +47,3 @@ BUILTINS = BuiltinModels(
     ),
     default="clip",
 )
-
-# How built-ins were chosen before `builtin:<name>`; still accepted, with a deprecation warning.
-OLD_PREFIX = "tiny:"
-ALIASES = {OLD_PREFIX + name: name for name in BUILTINS.names() if name != "clip-b32"}

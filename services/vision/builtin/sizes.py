@@ -5,16 +5,12 @@ from __future__ import annotations
 
 TINY_IMAGE_SIZE = 32
 TINY_PATCH_SIZE = 8
-TINY_HIDDEN = 32
-TINY_LAYERS = 2
-TINY_HEADS = 2
-TINY_INTERMEDIATE = 64
 
 TOWER: dict[str, int] = {
-    "hidden_size": TINY_HIDDEN,
-    "intermediate_size": TINY_INTERMEDIATE,
-    "num_hidden_layers": TINY_LAYERS,
-    "num_attention_heads": TINY_HEADS,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
 }
 VISION_TOWER: dict[str, int] = {
     **TOWER,

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from services.runtime.model_cache import cached_model_dir
-from services.runtime.tokenizers import QWEN_VOCAB_SIZE, qwen_tokenizer
+from services.runtime.tokenizers import (
+    QWEN25_EXTRA_SPECIALS,
+    QWEN_VL_SPECIALS,
+    QWEN_VOCAB_SIZE,
+    qwen_tokenizer,
+)
 from services.vl.config import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 
 # Bump when the builders change in a way the configs below do not show.
@@ -22,31 +27,6 @@ _TINY_VERSION = 1
 FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 DEFAULT_FAMILY = "qwen2_5_vl"
 
-# Special tokens after <|endoftext|> <|im_start|> <|im_end|>, in id order (151646...): the vision
-# tokens are shared by Qwen2-VL and Qwen2.5-VL; Qwen2.5 adds tool-call and code tokens.
-QWEN_VL_SPECIALS = (
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-QWEN25_EXTRA_SPECIALS = (
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-)
 ENDOFTEXT_ID = 151643
 IM_END_ID = 151645
 VISION_START_ID = 151652
@@ -92,7 +72,7 @@ def tiny_model_dir(family: str = DEFAULT_FAMILY, size: str = "tiny") -> Path:
     if size not in SIZES:
         raise ValueError(f"unknown tiny model size {size!r}; choose one of {tuple(SIZES)}")
     spec = {"family": family, "size": dict(SIZES[size]), "version": _TINY_VERSION}
-    return cached_model_dir(f"{family}-{size}", spec, lambda folder: _build(folder, spec))
+    return cached_model_dir(f"{family}-{size}", spec, lambda folder: build_model(folder, spec))
 
 
 def tiny_qwen25_vl_dir() -> Path:
@@ -107,7 +87,7 @@ def tiny_qwen2_vl_dir() -> Path:
     return tiny_model_dir("qwen2_vl", "tiny")
 
 
-def _build(folder: Path, spec: dict[str, Any]) -> None:
+def build_model(folder: Path, spec: dict[str, Any]) -> None:
     # Imported here: a cache hit should not pay for the model classes.
     from transformers import GenerationConfig
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
@@ -134,9 +114,6 @@ def _build(folder: Path, spec: dict[str, Any]) -> None:
         "Qwen2_5_VLProcessor" if family == "qwen2_5_vl" else "Qwen2VLProcessor"
     )
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-
-build_model = _build  # the builder by its public name (spec: "family", and "size" as in SIZES)
 
 
 def _rope(size: dict[str, int]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-import services.omni
+import services.omni.capability
 import services.t2i.capability
 import services.vision.capability
 import services.vl.capability
@@ -34,7 +34,7 @@ from mmserve.vision.v1 import vision_pb2  # noqa: F401
 from mmserve.vl.v1 import vl_pb2  # noqa: F401
 from services.runtime.config import ServiceSettings, load_settings
 from services.runtime.engine import Engine
-from services.runtime.server import Capability, ServiceServer, imported
+from services.runtime.server import Capability, ServiceServer
 from tests.reliability.security.conftest import Keys
 from tests.support.servers import LOOPBACK
 
@@ -44,7 +44,7 @@ CAPABILITIES: dict[str, Capability] = {
     "t2i": services.t2i.capability.CAPABILITY,
     "vl": services.vl.capability.CAPABILITY,
     "vision": services.vision.capability.CAPABILITY,
-    "omni": services.omni.CAPABILITY,
+    "omni": services.omni.capability.CAPABILITY,
 }
 
 
@@ -58,7 +58,7 @@ class StillLoading:
         self.release = threading.Event()
 
     def create_engine(self, settings: ServiceSettings) -> Engine:
-        engine = imported(self.cap.create_engine)(settings)
+        engine = self.cap.engine(settings)
         engine.load = self.load  # type: ignore[method-assign]
         return engine
 
