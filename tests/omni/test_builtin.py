@@ -29,7 +29,8 @@ def test_builtin_spelling_and_the_deprecated_local_model(
 
     with caplog.at_level(logging.WARNING, logger="mmserve.models"):
         new = resolved_model(OmniSettings(model=f"{BUILTIN_PREFIX}tiny-qwen2.5-omni"))
-        assert not caplog.records
+        # Building the model on a fresh cache logs transformers' own warnings: only ours count.
+        assert not [r for r in caplog.records if r.name == "mmserve.models"]
         old = resolved_model(OmniSettings(local_model="tiny-qwen2.5-omni"))
     assert old.folder == new.folder
     assert old.builtin is not None
