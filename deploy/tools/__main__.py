@@ -5,12 +5,19 @@ python -m deploy.tools
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 
 from deploy.tools import compose, dockerfiles, envoy_config, manifests
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m deploy.tools",
+        description="Run every offline check of deploy/: the Envoy config, the Kubernetes "
+        "manifests, the Compose file and the Dockerfiles.",
+    ).parse_args(argv)
     failures = 0
     for name, check in (
         ("envoy config", lambda: envoy_config.main(["--check"])),

@@ -19,6 +19,7 @@ any machine with Python. Anything outside the subset fails loudly rather than be
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import json
@@ -444,12 +445,14 @@ def dump(objects: Sequence[Obj]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m deploy.tools.kustomize <kustomization folder>", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.tools.kustomize",
+        description="Render a kustomization folder (the subset of kustomize that deploy/ uses).",
+    )
+    parser.add_argument("folder", help="folder holding kustomization.yaml")
+    args = parser.parse_args(argv)
     try:
-        sys.stdout.write(dump(build(args[0])))
+        sys.stdout.write(dump(build(args.folder)))
     except (KustomizeError, OSError, yaml.YAMLError) as exc:
         print(f"kustomize: {exc}", file=sys.stderr)
         return 1
