@@ -90,6 +90,14 @@ class ServiceSettings(BaseSettings):
         10.0, ge=0, description="Shortest client ping interval accepted without data."
     )
     reflection: bool = Field(True, description="Serve gRPC server reflection (for grpcurl).")
+    max_concurrent_calls: int = Field(
+        2000,
+        ge=0,
+        description=(
+            "Calls handled at once (health checks and reflection excluded); more get "
+            "RESOURCE_EXHAUSTED with a retry hint. 0 removes the limit."
+        ),
+    )
     # --- executor ---
     max_queue_size: int = Field(
         1000, ge=1, description="Jobs that may wait for the device; more get RESOURCE_EXHAUSTED."

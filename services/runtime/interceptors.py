@@ -32,6 +32,9 @@ error_log = logging.getLogger("mmserve.errors")
 # Probes and tooling must work without keys and must not spend a caller's rate budget.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# A refused surplus call is retried after this: bursts past the limit clear in well under a second
+# when the calls are cheap, and a client with many slow calls in flight backs off further anyway.
+CONCURRENCY_RETRY_SECONDS = 0.5
 
 
 class _Status(grpc.Status):
@@ -89,11 +92,16 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         limiter: RateLimiter,
         metrics: ServiceMetrics | None = None,
         open_probes: bool = True,
+        max_concurrent_calls: int = 0,
     ) -> None:
         self._keys = keys
         self._limiter = limiter
         self._metrics = metrics
         self._open_probes = open_probes
+        # Calls in flight that count against max_concurrent_calls (open probes do not, so that
+        # health checks answer during a burst); 0 means no limit.
+        self._max_calls = max_concurrent_calls
+        self._calls_in_flight = 0
         # Prometheus label lookups cost more than the update itself; each (method, code) pair
         # resolves its children once.
         self._children: dict[tuple[str, grpc.StatusCode], _CallMetrics] = {}
@@ -163,6 +171,18 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             self._reject("rate_limit")
             raise
 
+    def _take_call_slot(self) -> None:
+        """Refuses a call beyond max_concurrent_calls with RESOURCE_EXHAUSTED and a retry hint,
+        instead of leaving it to grpc core, which cancels surplus calls without a word."""
+        if self._max_calls and self._calls_in_flight >= self._max_calls:
+            self._reject("concurrency")
+            raise errors.ResourceExhausted(
+                f"the server is handling {self._calls_in_flight} calls, its limit "
+                f"(max_concurrent_calls={self._max_calls}); retry shortly",
+                CONCURRENCY_RETRY_SECONDS,
+            )
+        self._calls_in_flight += 1
+
     def _reject(self, reason: str) -> None:
         if self._metrics:
             self._metrics.rejected.labels(reason).inc()
@@ -209,9 +229,12 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         info = self._new_call(method, metadata, context)
         token = bind_call(info)
         code = grpc.StatusCode.OK
+        holds_slot = False
         try:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
             if not open_method:
+                self._take_call_slot()
+                holds_slot = True
                 self._admit(info, metadata)
             yield
             await info.settle_header()
@@ -226,6 +249,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             await info.settle_header()
             await self._fail(context, info, exc)
         finally:
+            if holds_slot:
+                self._calls_in_flight -= 1
             self._finish(info, code, open_method)
             unbind_call(token)
 

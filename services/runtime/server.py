@@ -64,6 +64,9 @@ class Capability:
         return {**job_handlers(runtime), **imported(self.operations)(runtime)}
 
 
+PENDING_CALLS_BOUND = 1_000_000
+
+
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
     size = settings.max_message_mb * 1024 * 1024
     return [
@@ -79,6 +82,12 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
         ),
         # Envoy keeps pooled upstream connections; let it reuse them freely.
         ("grpc.so_reuseport", 0),
+        # grpc core cancels calls that wait for the application beyond these bounds (1,000
+        # soft, 3,000 hard by default) with a bare CANCELLED and no log line. Admission is the
+        # interceptor's job (max_concurrent_calls answers RESOURCE_EXHAUSTED with a retry hint),
+        # so core only needs room for a burst to reach it.
+        ("grpc.server.max_pending_requests", PENDING_CALLS_BOUND),
+        ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_BOUND),
     ]
 
 
@@ -94,7 +103,11 @@ class ServiceServer:
         self.server = grpc.aio.server(
             interceptors=[
                 ServingInterceptor(
-                    keys, limiter, self.runtime.metrics, open_probes=settings.open_probes
+                    keys,
+                    limiter,
+                    self.runtime.metrics,
+                    open_probes=settings.open_probes,
+                    max_concurrent_calls=settings.max_concurrent_calls,
                 )
             ],
             options=server_options(settings),
