@@ -92,6 +92,7 @@ class Sample:
     queue_depth: float | None = None
     rss_bytes: int | None = None
     open_fds: float | None = None
+    threads: int | None = None  # a local server process: from /proc
 
 
 @dataclass
@@ -109,6 +110,12 @@ class LoadReport:
 
     def rss(self) -> list[int]:
         return [s.rss_bytes for s in self.samples if s.rss_bytes is not None]
+
+    def open_fds(self) -> list[int]:
+        return [int(s.open_fds) for s in self.samples if s.open_fds is not None]
+
+    def threads(self) -> list[int]:
+        return [s.threads for s in self.samples if s.threads is not None]
 
     def queue_depths(self) -> list[float]:
         seen = [s.queue_depth for s in self.samples if s.queue_depth is not None]
@@ -138,6 +145,8 @@ class LoadReport:
                 "mean": round(sum(depths) / len(depths), 2) if depths else None,
             },
             "rss_mib": _rss_summary(rss),
+            "open_fds": _count_summary(self.open_fds()),
+            "threads": _count_summary(self.threads()),
         }
         summary["latency_ok_p50_s"] = summary["latency_s"].get("OK", {}).get("p50")
         summary["latency_ok_p99_s"] = summary["latency_s"].get("OK", {}).get("p99")
@@ -167,6 +176,12 @@ def _percentiles(values: list[float]) -> dict[str, float]:
         "p99": round(percentile(values, 99), 4),
         "max": round(values[-1], 4),
     }
+
+
+def _count_summary(counts: list[int]) -> dict[str, int] | None:
+    if not counts:
+        return None
+    return {"first": counts[0], "last": counts[-1], "max": max(counts)}
 
 
 def _rss_summary(rss: list[int]) -> dict[str, float] | None:
@@ -256,14 +271,27 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-def _proc_rss(pid: int) -> int | None:
+def _proc_status(pid: int, field: str) -> int | None:
+    """A numeric field of /proc/<pid>/status (first number of the line)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _proc_rss(pid: int) -> int | None:
+    kib = _proc_status(pid, "VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def _proc_fds(pid: int) -> int | None:
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
 
 
 def read_sample(spec: LoadSpec, at: float) -> Sample:
@@ -279,9 +307,12 @@ def read_sample(spec: LoadSpec, at: float) -> Sample:
             fds = _metric(text, "process_open_fds")
         except OSError:
             pass
+    threads = None
     if spec.pid is not None:
         rss = _proc_rss(spec.pid) or rss
-    return Sample(at, depth, rss, fds)
+        fds = _proc_fds(spec.pid) or fds
+        threads = _proc_status(spec.pid, "Threads")
+    return Sample(at, depth, rss, fds, threads)
 
 
 # --- the run ----------------------------------------------------------------------------------
