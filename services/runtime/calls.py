@@ -4,6 +4,7 @@ runs in its own task, and the interceptor wraps the handler in that same task)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 from dataclasses import dataclass, field
@@ -44,4 +45,7 @@ def bind_call(info: CallInfo) -> contextvars.Token[CallInfo | None]:
 
 
 def unbind_call(token: contextvars.Token[CallInfo | None]) -> None:
-    _current.reset(token)
+    # A stream whose client went away is closed by grpc from another task, in another context;
+    # the call's own context is discarded with it, so there is nothing to reset.
+    with contextlib.suppress(ValueError):
+        _current.reset(token)

@@ -164,6 +164,7 @@ class JobTable:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._cancel_listeners: dict[str, Callable[[], None]] = {}
 
     # --- facts and lookups -----------------------------------------------------------------
 
@@ -200,7 +201,17 @@ class JobTable:
         unchanged. NotFound for unknown or expired ids and (with `owner`) another caller's."""
         job = self._lookup(job_id, owner)
         self._cancel_job(job, JobCancelled(reason))
+        listener = self._cancel_listeners.get(job_id)
+        if listener is not None:
+            listener()
         return self._snapshot(job)
+
+    def on_cancel(self, job_id: str, listener: Callable[[], None]) -> Callable[[], None]:
+        """Calls `listener` (on the loop) when CancelJob names `job_id`, even after that job
+        ended, so a call made of several jobs in turn (a stream of chunks) stops as a whole
+        whichever of its ids the client holds. Returns the function that removes it."""
+        self._cancel_listeners[job_id] = listener
+        return lambda: self._cancel_listeners.pop(job_id, None)
 
     # --- job transitions (loop thread) -----------------------------------------------------
 

@@ -80,6 +80,14 @@ class VisionSettings(ServiceSettings):
     )
     # --- request limits ---
     max_images_per_request: int = Field(256, ge=1, description="Most images in one request.")
+    max_images_per_stream: int = Field(
+        100_000,
+        ge=1,
+        description=(
+            "Most images in one StreamEmbedImages call (pass them as URIs under "
+            "allowed_uri_prefixes to stay within max_message_mb)."
+        ),
+    )
     max_texts_per_request: int = Field(256, ge=1, description="Most texts in one request.")
     max_items_per_request: int = Field(
         256, ge=1, description="Most items per side of ComputeSimilarity and candidates of Rank."

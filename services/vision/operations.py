@@ -29,6 +29,7 @@ from services.vision.config import VisionSettings
 from services.vision.embedding import Embedding, TextEmbeddings
 from services.vision.engine import VisionEngine
 from services.vision.inputs import Pooling
+from services.vision.streaming import StreamEmbedImages
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -288,6 +289,7 @@ class GetModelInfo(Inline):
             max_text_chars=s.max_text_chars,
             max_text_tokens=self.engine.text_context,
             image_size=self.engine.image_size,
+            max_images_per_stream=s.max_images_per_stream,
         )
         return vision_pb2.GetModelInfoResponse(
             model_info=self.runtime.model_info(),
@@ -302,6 +304,7 @@ def operations(runtime: ServiceRuntime) -> OperationTable:
     embedding = Embedding(runtime)
     return {
         "EmbedImages": EmbedImages(runtime, embedding),
+        "StreamEmbedImages": StreamEmbedImages(runtime, embedding),
         "EmbedTexts": EmbedTexts(runtime, embedding),
         "ComputeSimilarity": ComputeSimilarity(runtime, embedding),
         "ClassifyZeroShot": ClassifyZeroShot(runtime, embedding),
