@@ -121,6 +121,12 @@ class ServiceRuntime:
         # The same, for inputs the capability resizes to a size of its own anyway.
         self._any_aspect_limits = dataclasses.replace(self.image_limits, max_aspect_ratio=None)
         self.uri_policy = UriPolicy(tuple(settings.allowed_uri_prefixes))
+        # What operations keep open beyond a call (stores, files), closed after the last job.
+        self._closers: list[Callable[[], None]] = []
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Runs `closer` when the service stops, after draining (a capability's own stores)."""
+        self._closers.append(closer)
 
     def engine_as(self, cls: type[E]) -> E:
         """The engine, typed for the capability's operations."""
@@ -336,6 +342,12 @@ class ServiceRuntime:
         return base
 
     def close(self) -> None:
+        for closer in self._closers:
+            try:
+                closer()
+            except Exception:
+                log.exception("closing %s failed", getattr(closer, "__qualname__", closer))
+        self._closers.clear()
         self.cpu_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop()
 

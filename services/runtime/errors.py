@@ -115,6 +115,12 @@ class NotFound(ServingError):
     code_name = "NOT_FOUND"
 
 
+class AlreadyExists(ServingError):
+    """What the request would create is there already."""
+
+    code_name = "ALREADY_EXISTS"
+
+
 class Unimplemented(ServingError):
     """The loaded model family has no such operation."""
 

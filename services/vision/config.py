@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -80,6 +81,15 @@ class VisionSettings(ServiceSettings):
     )
     # --- request limits ---
     max_images_per_request: int = Field(256, ge=1, description="Most images in one request.")
+    max_upsert_items: int = Field(
+        1024, ge=1, description="Most items in one UpsertItems, DeleteItems or GetItems call."
+    )
+    data_dir: Path = Field(
+        Path("vision-data"),
+        description=(
+            "Folder for collections: their rows (SQLite) and approximate-nearest-neighbour indexes."
+        ),
+    )
     max_images_per_stream: int = Field(
         100_000,
         ge=1,

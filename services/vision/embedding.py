@@ -18,7 +18,7 @@ import numpy as np
 from mmserve.common.v1 import media_pb2
 from services.runtime.app import ServiceRuntime
 from services.runtime.executor import BatchSpec, JobContext
-from services.runtime.operations import BatchedOperation, CallFacts, Jobs
+from services.runtime.operations import BatchedOperation, CallFacts, ComposedOperation, Jobs
 from services.runtime.pipeline import gather_or_cancel
 from services.vision import scoring, validation
 from services.vision.config import VisionSettings
@@ -201,3 +201,15 @@ class Embedding:
         if not logits:
             return cosines
         return scoring.model_logits(cosines, self.engine.logit_scale, self.engine.logit_bias)
+
+
+class VisionRpc(ComposedOperation[Req, Res]):
+    """An RPC built from the shared embedding jobs."""
+
+    def __init__(self, runtime: ServiceRuntime, embedding: Embedding) -> None:
+        super().__init__(runtime)
+        self.embedding = embedding
+        self.settings = runtime.settings_as(VisionSettings)
+
+    def device_operations(self) -> tuple[BatchedOperation[Any, Any, Any], ...]:
+        return (self.embedding.images, self.embedding.texts)

@@ -15,9 +15,7 @@ from mmserve.vision.v1 import vision_pb2
 from services.runtime import job_protos
 from services.runtime.app import ServiceRuntime
 from services.runtime.operations import (
-    BatchedOperation,
     CallFacts,
-    ComposedOperation,
     Inline,
     Jobs,
     OperationTable,
@@ -25,8 +23,9 @@ from services.runtime.operations import (
 )
 from services.runtime.pipeline import gather_or_cancel
 from services.vision import scoring, validation
+from services.vision.collection_ops import collection_operations
 from services.vision.config import VisionSettings
-from services.vision.embedding import Embedding, TextEmbeddings
+from services.vision.embedding import Embedding, TextEmbeddings, VisionRpc
 from services.vision.engine import VisionEngine
 from services.vision.inputs import Pooling
 from services.vision.streaming import StreamEmbedImages
@@ -51,18 +50,6 @@ def _images(images: Any) -> tuple[tuple[str, media_pb2.Image], ...]:
     return tuple((f"images[{i}]", image) for i, image in enumerate(images))
 
 
-class _VisionRpc(ComposedOperation[Req, Res]):
-    """An RPC built from the shared embedding jobs."""
-
-    def __init__(self, runtime: ServiceRuntime, embedding: Embedding) -> None:
-        super().__init__(runtime)
-        self.embedding = embedding
-        self.settings = runtime.settings_as(VisionSettings)
-
-    def device_operations(self) -> tuple[BatchedOperation[Any, Any, Any], ...]:
-        return (self.embedding.images, self.embedding.texts)
-
-
 # --- EmbedImages / EmbedTexts ----------------------------------------------------------------
 
 
@@ -73,7 +60,7 @@ class _EmbedImages:
     normalize: bool
 
 
-class EmbedImages(_VisionRpc[_EmbedImages, np.ndarray]):
+class EmbedImages(VisionRpc[_EmbedImages, np.ndarray]):
     def parse(self, message: vision_pb2.EmbedImagesRequest, call: CallFacts) -> _EmbedImages:
         s = self.settings
         validation.check_count("images", len(message.images), s.max_images_per_request, "image")
@@ -96,7 +83,7 @@ class _EmbedTexts:
     normalize: bool
 
 
-class EmbedTexts(_VisionRpc[_EmbedTexts, TextEmbeddings]):
+class EmbedTexts(VisionRpc[_EmbedTexts, TextEmbeddings]):
     def parse(self, message: vision_pb2.EmbedTextsRequest, call: CallFacts) -> _EmbedTexts:
         s = self.settings
         validation.check_count("texts", len(message.texts), s.max_texts_per_request, "text")
@@ -131,7 +118,7 @@ class _Similarity:
     top_k: int = 0  # Rank's; 0 means every candidate
 
 
-class _Scoring(_VisionRpc[_Similarity, Res]):
+class _Scoring(VisionRpc[_Similarity, Res]):
     """What ComputeSimilarity and Rank share (Rank is one query and a top_k): the checks after
     the query count, in the order that decides which error a bad request gets, and the scores."""
 
@@ -216,7 +203,7 @@ class _Classified:
     activation: str
 
 
-class ClassifyZeroShot(_VisionRpc[_ZeroShot, _Classified]):
+class ClassifyZeroShot(VisionRpc[_ZeroShot, _Classified]):
     def parse(self, message: vision_pb2.ClassifyZeroShotRequest, call: CallFacts) -> _ZeroShot:
         s = self.settings
         validation.check_count("images", len(message.images), s.max_images_per_request, "image")
@@ -290,6 +277,7 @@ class GetModelInfo(Inline):
             max_text_tokens=self.engine.text_context,
             image_size=self.engine.image_size,
             max_images_per_stream=s.max_images_per_stream,
+            max_upsert_items=s.max_upsert_items,
         )
         return vision_pb2.GetModelInfoResponse(
             model_info=self.runtime.model_info(),
@@ -310,4 +298,5 @@ def operations(runtime: ServiceRuntime) -> OperationTable:
         "ClassifyZeroShot": ClassifyZeroShot(runtime, embedding),
         "Rank": Rank(runtime, embedding),
         "GetModelInfo": GetModelInfo(runtime),
+        **collection_operations(runtime, embedding),
     }

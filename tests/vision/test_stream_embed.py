@@ -147,12 +147,17 @@ async def test_cancel_job_stops_the_rest(clip: Served) -> None:
         vision_pb2.StreamEmbedImagesRequest(images=many, chunk_size=1), timeout=300
     )
     seen = 0
-    with pytest.raises(grpc.aio.AioRpcError) as error:
+
+    async def read_and_cancel_at_the_second_chunk() -> None:
+        nonlocal seen
         async for event in call:
             if event.WhichOneof("event") == "embeddings":
                 seen += 1
                 if seen == 2:
                     await clip.stub.CancelJob(job_pb2.CancelJobRequest(job_id=event.job_id))
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await read_and_cancel_at_the_second_chunk()
     assert error.value.code() == grpc.StatusCode.CANCELLED
     assert seen < 50
 
@@ -199,10 +204,15 @@ async def test_an_unreadable_image_ends_the_stream_naming_it(clip: Served) -> No
         vision_pb2.StreamEmbedImagesRequest(images=images, chunk_size=4), timeout=60
     )
     received = 0
-    with pytest.raises(grpc.aio.AioRpcError) as error:
+
+    async def read() -> None:
+        nonlocal received
         async for event in call:
             if event.WhichOneof("event") == "embeddings":
                 received += len(event.embeddings.embeddings)
+
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await read()
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(error.value) == ["images[5].data"]
     assert received in (0, 4)  # the first chunk may have been sent before the second failed

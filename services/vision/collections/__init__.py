@@ -1,0 +1,1 @@
+"""Persistent, searchable vector collections of the vision service."""

@@ -1,0 +1,457 @@
+"""Persistent vector collections: rows in SQLite, one ANN index per collection in memory.
+
+SQLite (WAL journal) is the source of truth: an upsert is acknowledged only after its
+transaction commits, so a SIGKILL loses at most the batch that was not acknowledged. The ANN
+index of a collection is a cache of its rows: saved beside the database now and then and on
+close, and reconciled with the rows when it is opened (rows missing from it are added, keys of
+deleted rows removed), so a crash between a commit and an index save costs a short catch-up,
+never data.
+
+Collections belong to an owner (the API key id that created them; "" with auth off): another
+owner sees none of them. Each records the model id and the dimension of its vectors; a service
+running another model refuses to touch it.
+
+Not thread-safe by itself: every method runs under one lock, so callers may use a thread pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.vision.collections.index import VectorIndex
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# An index is saved after this many changed rows (and on close), bounding the catch-up work
+# after a crash.
+SAVE_EVERY_CHANGES = 5000
+# A filtered search asks the index for this many times top_k candidates before it falls back to
+# an exact scan of the rows that match the filter.
+FILTER_OVERFETCH = 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    dimension INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (owner, name)
+);
+CREATE TABLE IF NOT EXISTS items (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    metadata TEXT NOT NULL,
+    UNIQUE (owner, collection, id)
+);
+CREATE INDEX IF NOT EXISTS items_of_collection ON items (owner, collection, key);
+"""
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    dimension: int
+    model_id: str
+    count: int
+    created: float
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    metadata: dict[str, str]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, str]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Hits:
+    hits: list[Hit]
+    exact: bool
+
+
+@dataclass(frozen=True)
+class Upserted:
+    upserted: int
+    replaced: int
+
+
+@dataclass
+class _Open:
+    """A collection whose index is in memory."""
+
+    index: VectorIndex
+    path: Path
+    changes: int = 0
+    keys: set[int] = field(default_factory=set)
+
+
+class CollectionStore:
+    def __init__(self, folder: Path, model_id: str, dimension: int) -> None:
+        self.folder = folder
+        self.model_id = model_id
+        self.dimension = dimension
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "indexes").mkdir(exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            folder / "collections.sqlite3", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # Durable against a killed process (the WAL is written before the commit returns);
+        # FULL would also survive power loss, at a sync per upsert.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._open: dict[tuple[str, str], _Open] = {}
+
+    # --- collections ---------------------------------------------------------------------
+
+    def create(self, owner: str, name: str, exist_ok: bool) -> tuple[CollectionInfo, bool]:
+        with self._lock:
+            found = self._row(owner, name)
+            if found is not None:
+                if not exist_ok:
+                    raise AlreadyExists(f"collection {name!r} exists")
+                return self._checked(owner, found), False
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO collections VALUES (?, ?, ?, ?, ?)",
+                    (owner, name, self.dimension, self.model_id, time.time()),
+                )
+            return self._info(owner, self._require(owner, name)), True
+
+    def delete(self, owner: str, name: str) -> int:
+        with self._lock:
+            self._require(owner, name)
+            with self._transaction():
+                count = self._db.execute(
+                    "DELETE FROM items WHERE owner = ? AND collection = ?", (owner, name)
+                ).rowcount
+                self._db.execute(
+                    "DELETE FROM collections WHERE owner = ? AND name = ?", (owner, name)
+                )
+            self._open.pop((owner, name), None)
+            self._index_path(owner, name).unlink(missing_ok=True)
+            return count
+
+    def list(self, owner: str) -> list[CollectionInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, dimension, model_id, created FROM collections WHERE owner = ? "
+                "ORDER BY name",
+                (owner,),
+            ).fetchall()
+            return [self._info(owner, row) for row in rows]
+
+    # --- items ---------------------------------------------------------------------------
+
+    def upsert(
+        self,
+        owner: str,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadata: Sequence[Mapping[str, str]],
+    ) -> Upserted:
+        """Stores unit vectors under ids (replacing existing ones) in one transaction."""
+        with self._lock:
+            opened = self._opened(owner, name)
+            replaced_keys: list[int] = []
+            new_keys: list[int] = []
+            with self._transaction():
+                for item_id, vector, meta in zip(ids, vectors, metadata, strict=True):
+                    old = self._db.execute(
+                        "SELECT key FROM items WHERE owner = ? AND collection = ? AND id = ?",
+                        (owner, name, item_id),
+                    ).fetchone()
+                    if old is not None:
+                        replaced_keys.append(old[0])
+                        self._db.execute("DELETE FROM items WHERE key = ?", (old[0],))
+                    cursor = self._db.execute(
+                        "INSERT INTO items (owner, collection, id, vector, metadata) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (
+                            owner,
+                            name,
+                            item_id,
+                            np.asarray(vector, dtype=np.float32).tobytes(),
+                            json.dumps(dict(meta), sort_keys=True),
+                        ),
+                    )
+                    new_keys.append(int(cursor.lastrowid or 0))
+            # Committed: from here on a crash only costs the index a catch-up on reopen.
+            gone = np.array(replaced_keys, dtype=np.int64)
+            opened.index.remove(gone)
+            opened.keys.difference_update(replaced_keys)
+            opened.index.add(np.array(new_keys, dtype=np.int64), vectors)
+            opened.keys.update(new_keys)
+            self._changed(owner, name, opened, len(new_keys) + len(replaced_keys))
+            return Upserted(len(new_keys), len(replaced_keys))
+
+    def delete_items(self, owner: str, name: str, ids: Sequence[str]) -> int:
+        with self._lock:
+            opened = self._opened(owner, name)
+            keys: list[int] = []
+            with self._transaction():
+                for item_id in dict.fromkeys(ids):
+                    row = self._db.execute(
+                        "DELETE FROM items WHERE owner = ? AND collection = ? AND id = ? "
+                        "RETURNING key",
+                        (owner, name, item_id),
+                    ).fetchone()
+                    if row is not None:
+                        keys.append(row[0])
+            opened.index.remove(np.array(keys, dtype=np.int64))
+            opened.keys.difference_update(keys)
+            self._changed(owner, name, opened, len(keys))
+            return len(keys)
+
+    def get(
+        self, owner: str, name: str, ids: Sequence[str], with_vectors: bool
+    ) -> tuple[list[Item], list[str]]:
+        with self._lock:
+            self._checked(owner, self._require(owner, name))
+            items: list[Item] = []
+            missing: list[str] = []
+            for item_id in ids:
+                row = self._db.execute(
+                    "SELECT vector, metadata FROM items "
+                    "WHERE owner = ? AND collection = ? AND id = ?",
+                    (owner, name, item_id),
+                ).fetchone()
+                if row is None:
+                    missing.append(item_id)
+                    continue
+                vector = _vector(row[0]) if with_vectors else None
+                items.append(Item(item_id, json.loads(row[1]), vector))
+            return items, missing
+
+    def vector_of(self, owner: str, name: str, item_id: str, field_name: str) -> np.ndarray:
+        with self._lock:
+            self._checked(owner, self._require(owner, name))
+            row = self._db.execute(
+                "SELECT vector FROM items WHERE owner = ? AND collection = ? AND id = ?",
+                (owner, name, item_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"{field_name}: no item {item_id!r} in collection {name!r}")
+            return _vector(row[0])
+
+    # --- search --------------------------------------------------------------------------
+
+    def search(
+        self,
+        owner: str,
+        name: str,
+        query: np.ndarray,
+        top_k: int,
+        where: Mapping[str, str],
+        with_vectors: bool,
+        exclude: str | None = None,
+    ) -> Hits:
+        """The nearest items to a unit vector; with `where`, only items whose metadata match.
+        The index answers first; a filter too selective for it gets an exact scan of the
+        matching rows."""
+        with self._lock:
+            opened = self._opened(owner, name)
+            wanted = top_k + (1 if exclude is not None else 0)
+            ask = wanted if not where else wanted * FILTER_OVERFETCH
+            keys, scores = opened.index.search(query, ask)
+            hits = self._hits(keys, scores, where, with_vectors, exclude)
+            enough = len(hits) >= top_k or len(keys) >= len(opened.keys)
+            if enough or not where:
+                return Hits(hits[:top_k], exact=False)
+            return Hits(self._exact(owner, name, query, top_k, where, with_vectors, exclude), True)
+
+    def _hits(
+        self,
+        keys: np.ndarray,
+        scores: np.ndarray,
+        where: Mapping[str, str],
+        with_vectors: bool,
+        exclude: str | None,
+    ) -> list[Hit]:
+        if not len(keys):
+            return []
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(
+            f"SELECT key, id, metadata, vector FROM items WHERE key IN ({marks})",
+            [int(k) for k in keys],
+        ).fetchall()
+        by_key = {row[0]: row for row in rows}
+        hits: list[Hit] = []
+        for key, score in zip(keys.tolist(), scores.tolist(), strict=True):
+            row = by_key.get(key)
+            if row is None or row[1] == exclude:
+                continue
+            metadata = json.loads(row[2])
+            if any(metadata.get(k) != v for k, v in where.items()):
+                continue
+            vector = _vector(row[3]) if with_vectors else None
+            hits.append(Hit(row[1], float(score), metadata, vector))
+        return hits
+
+    def _exact(
+        self,
+        owner: str,
+        name: str,
+        query: np.ndarray,
+        top_k: int,
+        where: Mapping[str, str],
+        with_vectors: bool,
+        exclude: str | None,
+    ) -> list[Hit]:
+        clauses = "".join(" AND json_extract(metadata, ?) = ?" for _ in where)
+        params: list[str] = [owner, name]
+        for key, value in where.items():
+            params += [_json_path(key), value]
+        rows = self._db.execute(
+            "SELECT id, metadata, vector FROM items WHERE owner = ? AND collection = ?" + clauses,
+            params,
+        ).fetchall()
+        rows = [row for row in rows if row[0] != exclude]
+        if not rows:
+            return []
+        matrix = np.stack([_vector(row[2]) for row in rows])
+        scores = matrix @ query.astype(np.float32)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [
+            Hit(
+                rows[i][0],
+                float(scores[i]),
+                json.loads(rows[i][1]),
+                matrix[i].copy() if with_vectors else None,
+            )
+            for i in order.tolist()
+        ]
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Saves every changed index, then closes the database."""
+        with self._lock:
+            for opened in self._open.values():
+                if opened.changes:
+                    opened.index.save(opened.path)
+                    opened.changes = 0
+            self._open.clear()
+            self._db.close()
+
+    def index_path(self, owner: str, name: str) -> Path:
+        return self._index_path(owner, name)
+
+    # --- internals -----------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _row(self, owner: str, name: str) -> tuple[str, int, str, float] | None:
+        row = self._db.execute(
+            "SELECT name, dimension, model_id, created FROM collections "
+            "WHERE owner = ? AND name = ?",
+            (owner, name),
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2], row[3])
+
+    def _require(self, owner: str, name: str) -> tuple[str, int, str, float]:
+        row = self._row(owner, name)
+        if row is None:
+            raise NotFound(f"no collection {name!r}")
+        return row
+
+    def _checked(self, owner: str, row: tuple[str, int, str, float]) -> CollectionInfo:
+        info = self._info(owner, row)
+        if info.model_id != self.model_id or info.dimension != self.dimension:
+            raise FailedPrecondition(
+                f"collection {info.name!r} holds {info.dimension}-d vectors of "
+                f"{info.model_id!r}; this service runs {self.model_id!r} "
+                f"({self.dimension}-d). Use a service with that model, or a new collection"
+            )
+        return info
+
+    def _info(self, owner: str, row: tuple[str, int, str, float]) -> CollectionInfo:
+        name, dimension, model_id, created = row
+        count = self._db.execute(
+            "SELECT COUNT(*) FROM items WHERE owner = ? AND collection = ?", (owner, name)
+        ).fetchone()[0]
+        return CollectionInfo(name, dimension, model_id, count, created)
+
+    def _index_path(self, owner: str, name: str) -> Path:
+        digest = hashlib.sha256(f"{owner}\0{name}".encode()).hexdigest()[:32]
+        return self.folder / "indexes" / f"{digest}.usearch"
+
+    def _opened(self, owner: str, name: str) -> _Open:
+        """The collection's index, loaded (and reconciled with the rows) on first use."""
+        opened = self._open.get((owner, name))
+        if opened is not None:
+            return opened
+        self._checked(owner, self._require(owner, name))
+        path = self._index_path(owner, name)
+        index = VectorIndex.load(path, self.dimension) or VectorIndex(self.dimension)
+        stored = {
+            row[0]
+            for row in self._db.execute(
+                "SELECT key FROM items WHERE owner = ? AND collection = ?", (owner, name)
+            )
+        }
+        indexed = set(index.keys().tolist())
+        stale = indexed - stored
+        index.remove(np.array(sorted(stale), dtype=np.int64))
+        missing = sorted(stored - indexed)
+        for start in range(0, len(missing), 4096):
+            chunk = missing[start : start + 4096]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT key, vector FROM items WHERE key IN ({marks})", chunk
+            ).fetchall()
+            index.add(
+                np.array([row[0] for row in rows], dtype=np.int64),
+                np.stack([_vector(row[1]) for row in rows]),
+            )
+        opened = _Open(index, path, changes=len(stale) + len(missing), keys=stored)
+        self._open[(owner, name)] = opened
+        return opened
+
+    def _changed(self, owner: str, name: str, opened: _Open, count: int) -> None:
+        opened.changes += count
+        if opened.changes >= SAVE_EVERY_CHANGES:
+            opened.index.save(opened.path)
+            opened.changes = 0
+
+
+def _vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32).copy()
+
+
+def _json_path(key: str) -> str:
+    """A JSON path naming one top-level key, quoted so any key text is taken literally."""
+    return "$." + json.dumps(key)
