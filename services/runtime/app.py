@@ -21,6 +21,7 @@ from PIL import Image
 
 from mmserve.common.v1 import job_pb2, media_pb2, model_pb2
 from services.runtime import errors, job_protos
+from services.runtime.builtin import has_random_weights, random_weights_notice
 from services.runtime.calls import JOB_ID_HEADER, current_call
 from services.runtime.config import ServiceSettings
 from services.runtime.engine import Engine
@@ -339,6 +340,9 @@ class ServiceRuntime:
             base.compiled = info.compiled
             base.capabilities.extend(info.capabilities)
             base.max_batch_size = self.executor.max_batch_size
+            base.random_weights = has_random_weights(info.model_id)
+            if base.random_weights:
+                base.notice = random_weights_notice(self.capability)
         return base
 
     def close(self) -> None:

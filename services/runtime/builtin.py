@@ -79,6 +79,27 @@ class ResolvedModel:
         return self.builtin is not None and self.builtin.random_weights
 
 
+# How GetModelInfo's model_id marks a built-in whose weights are random, and how the runtime
+# tells (has_random_weights) without knowing the capability's built-ins.
+RANDOM_WEIGHTS_SUFFIX = " (built-in, random weights)"
+
+
+def has_random_weights(model_id: str) -> bool:
+    return model_id.startswith(BUILTIN_PREFIX) and model_id.endswith(RANDOM_WEIGHTS_SUFFIX)
+
+
+def random_weights_notice(capability: str) -> str:
+    """What a person is told when a random-weight built-in serves: noise is the expected
+    output, and how to serve a real checkpoint instead."""
+    return (
+        f"This {capability} service runs a built-in model with random weights, made for tests "
+        "and for trying the stack without downloads: its outputs are noise (images of coloured "
+        "noise, arbitrary text or vectors), not a fault. To get real results start the service "
+        f"with --model <hub id or local folder> (MMSERVE_MODEL); docs/{capability}.md lists "
+        "configurations for real checkpoints."
+    )
+
+
 def builtin_name(model: str) -> str | None:
     """The built-in's name for `builtin:<name>`, None for a folder or hub id."""
     if model.startswith(BUILTIN_PREFIX):
@@ -118,7 +139,7 @@ def resolve_model(
     name = builtins.default if not model else builtin_name(model)
     if name is not None:
         chosen = builtins.get(name)
-        suffix = " (built-in, random weights)" if chosen.random_weights else " (built-in)"
+        suffix = RANDOM_WEIGHTS_SUFFIX if chosen.random_weights else " (built-in)"
         return ResolvedModel(chosen.build(), BUILTIN_PREFIX + chosen.name + suffix, chosen)
     source = ModelSource(
         model, settings.revision, str(settings.cache_dir) if settings.cache_dir else None

@@ -94,6 +94,8 @@ try {
       images: await page.locator("#t2i-images img").count(),
       progress: await page.getAttribute("#t2i-progress", "value"),
       jobId: await page.getAttribute("#panel-t2i", "data-job-id"),
+      notice: (await page.isVisible("#t2i-notice")) ? await text("#t2i-notice") : "",
+      randomWeights: await page.getAttribute("#panel-t2i", "data-random-weights"),
     };
   });
 

@@ -96,6 +96,11 @@ def test_every_panel_works_in_chromium(
     assert any(s.startswith("step 1/4") for s in t2i["statuses"])  # progress shown live
     assert t2i["progress"] == "4"
     assert "seed 7" in t2i["status"]
+    # The built-in t2i model has random weights: the panel says noise is expected, and how to
+    # serve a real checkpoint.
+    assert t2i["randomWeights"] == "true"
+    assert "random weights" in t2i["notice"]
+    assert "--model" in t2i["notice"]
 
     stopped = page["t2i_stop"]
     assert stopped["state"] == "error", stopped

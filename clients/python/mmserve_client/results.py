@@ -90,6 +90,8 @@ class ModelInfo:
     max_queue_size: int
     max_batch_size: int
     server_version: str
+    random_weights: bool = False  # a built-in with random weights: outputs are noise
+    notice: str = ""  # what the service wants its user to know (e.g. why outputs are noise)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { connect, defaultEdge, SERVICES, type Clients } from "./connection";
 import { h } from "./dom";
+import { attachModelNotice } from "./notice";
 import { Health, HealthCheckResponse_ServingStatus } from "./gen/grpc/health/v1/health_pb";
 import { omniPanel } from "./panels/omni";
 import { t2iPanel } from "./panels/t2i";
@@ -31,6 +32,9 @@ const titles: Record<keyof Clients, string> = {
   vision: "Vision",
   omni: "Omni",
 };
+const notices = (Object.keys(panels) as (keyof Clients)[]).map((name) =>
+  attachModelNotice(name, panels[name], current),
+);
 const tabs = document.getElementById("tabs")!;
 const main = document.getElementById("panels")!;
 
@@ -71,6 +75,7 @@ async function checkHealth(): Promise<void> {
 const reconnect = () => {
   clients = connect(edgeInput.value.replace(/\/$/, ""), keyInput.value);
   void checkHealth();
+  for (const refresh of notices) void refresh();
 };
 edgeInput.onchange = reconnect;
 keyInput.onchange = reconnect;

@@ -19,7 +19,7 @@ from typing import Any, TextIO, TypeVar
 
 from ..audio import AudioClip
 from ..clients import Client
-from ..errors import Cancelled
+from ..errors import Cancelled, MMServeError
 from ..events import Accepted, Completed, Progress, Queued, TextDelta
 from ..progress import ProgressReporter
 from ..results import Generation
@@ -116,6 +116,18 @@ class Context:
     def note(self, text: str) -> None:
         """An informational line on stderr (silenced by --quiet)."""
         self.progress.message(text)
+
+    def note_model_notice(self) -> None:
+        """Tells the person what the service says about its model, e.g. that a built-in with
+        random weights makes noise by design (asked once, after the result)."""
+        if self.job_client is None or getattr(self.args, "quiet", False):
+            return
+        try:
+            model = self.job_client.info(timeout=5).model
+        except MMServeError:
+            return  # a courtesy: never fail a finished command over it
+        if model.notice:
+            self.note(f"note: {model.notice}")
 
     # --- streams ---
     def follow(self, stream: JobStream[Any], echo_text: bool = True) -> Followed:

@@ -66,6 +66,7 @@ def info(ctx: Context) -> int:
         f"capabilities: {', '.join(model.capabilities) or '-'}",
         f"queue: up to {model.max_queue_size} jobs, batches of up to {model.max_batch_size}",
         f"server: {model.server_version}, loaded in {model.load_seconds:.2f}s",
+        *([f"notice: {model.notice}"] if model.notice else []),
         *(f"limit {k}: {v}" for k, v in described.limits.items()),
         *(f"{k}: {v}" for k, v in described.extras.items()),
     ]

@@ -92,6 +92,7 @@ def finish(ctx: Context, generation: Generation) -> int:
     )
     if generation.prompt_truncated:
         ctx.note("note: the prompt was cut to the text encoder's token limit")
+    ctx.note_model_notice()
     ctx.emit(
         {
             "job_id": generation.job_id,

@@ -107,6 +107,8 @@ def model_info(message: model_pb2.ModelInfo) -> ModelInfo:
         max_queue_size=message.max_queue_size,
         max_batch_size=message.max_batch_size,
         server_version=message.server_version,
+        random_weights=message.random_weights,
+        notice=message.notice,
     )
 
 
