@@ -145,12 +145,26 @@ try {
     await page.fill("#vision-labels", "red, blue, green");
     await page.click("#vision-classify");
     const classify = await settle("vision");
+    const bars = await page.locator("#vision-classes .bar").allTextContents();
+    const status = await text("#vision-status");
+    await page.fill("#vision-collection", `pg-${Date.now()}`);
+    await page.click("#vision-add");
+    const added = await settle("vision");
+    const addedStatus = await text("#vision-status");
+    await page.fill("#vision-query", "a blue square");
+    await page.click("#vision-search");
+    const searched = await settle("vision");
     return {
       similarity,
       cells,
       classify,
-      bars: await page.locator("#vision-classes .bar").allTextContents(),
-      status: await text("#vision-status"),
+      bars,
+      status,
+      added,
+      addedStatus,
+      searched,
+      hits: await page.locator("#vision-hits li").allTextContents(),
+      hitImages: await page.locator("#vision-hits img").count(),
     };
   });
 

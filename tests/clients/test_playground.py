@@ -128,6 +128,13 @@ def test_every_panel_works_in_chromium(
     assert vision["classify"] == "done"
     assert len(vision["bars"]) == 6  # 2 images x 3 labels
     assert "softmax" in vision["status"]
+    # The chosen images go into a collection and come back from a text search, with thumbnails.
+    assert vision["added"] == "done", (vision, problems)
+    assert "added 2 images" in vision["addedStatus"]
+    assert vision["searched"] == "done", (vision, problems)
+    assert len(vision["hits"]) == 2
+    assert {hit.split()[0] for hit in vision["hits"]} == {"red.png", "blue.png"}
+    assert vision["hitImages"] == 2
 
     omni = page["omni"]
     assert omni["state"] == "done", (omni, problems)
