@@ -7,7 +7,7 @@
    throughput; time to reopen the collection (index loaded from its file, and rebuilt from the
    rows when the file is gone).
 2. Served: a vision service on its built-in CLIP (or --model): M images (640x480 JPEGs) embedded
-   through StreamEmbedImages and upserted, against the same work in-process (the model card's
+   through StreamImageEmbeddings and upserted, against the same work in-process (the model card's
    processor + get_image_features at the service's chunk size); then text-to-image Search
    latency at 1 client through gRPC.
 
@@ -138,8 +138,8 @@ async def served_part(images: int, model: str, folder: Path) -> list[str]:
             await stub.CreateCollection(vision_pb2.CreateCollectionRequest(name="photos"))
             begin = time.perf_counter()
             rows: list[list[float]] = []
-            call = stub.StreamEmbedImages(
-                vision_pb2.StreamEmbedImagesRequest(images=uris), timeout=3600
+            call = stub.StreamImageEmbeddings(
+                vision_pb2.StreamImageEmbeddingsRequest(images=uris), timeout=3600
             )
             async for event in call:
                 if event.WhichOneof("event") == "embeddings":
@@ -167,7 +167,7 @@ async def served_part(images: int, model: str, folder: Path) -> list[str]:
     in_process = in_process_seconds(jpegs, model)
     return [
         f"served: {images:,} 640x480 JPEGs on {model} (by file URI)",
-        f"  StreamEmbedImages: {embed_seconds:.1f} s ({images / embed_seconds:.1f} img/s); "
+        f"  StreamImageEmbeddings: {embed_seconds:.1f} s ({images / embed_seconds:.1f} img/s); "
         f"with upserts: {index_seconds:.1f} s",
         f"  in-process recipe (processor + get_image_features, batches of 64): "
         f"{in_process:.1f} s ({images / in_process:.1f} img/s); served/in-process time "

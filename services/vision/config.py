@@ -94,7 +94,7 @@ class VisionSettings(ServiceSettings):
         100_000,
         ge=1,
         description=(
-            "Most images in one StreamEmbedImages call (pass them as URIs under "
+            "Most images in one StreamImageEmbeddings call (pass them as URIs under "
             "allowed_uri_prefixes to stay within max_message_mb)."
         ),
     )

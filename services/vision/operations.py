@@ -28,7 +28,7 @@ from services.vision.config import VisionSettings
 from services.vision.embedding import Embedding, TextEmbeddings, VisionRpc
 from services.vision.engine import VisionEngine
 from services.vision.inputs import Pooling
-from services.vision.streaming import StreamEmbedImages
+from services.vision.streaming import StreamImageEmbeddings
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -292,7 +292,7 @@ def operations(runtime: ServiceRuntime) -> OperationTable:
     embedding = Embedding(runtime)
     return {
         "EmbedImages": EmbedImages(runtime, embedding),
-        "StreamEmbedImages": StreamEmbedImages(runtime, embedding),
+        "StreamImageEmbeddings": StreamImageEmbeddings(runtime, embedding),
         "EmbedTexts": EmbedTexts(runtime, embedding),
         "ComputeSimilarity": ComputeSimilarity(runtime, embedding),
         "ClassifyZeroShot": ClassifyZeroShot(runtime, embedding),

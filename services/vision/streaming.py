@@ -1,4 +1,4 @@
-"""StreamEmbedImages: many images in one call, their vectors streamed in input order.
+"""StreamImageEmbeddings: many images in one call, their vectors streamed in input order.
 
 The request is cut into chunks of at most `max_device_batch` images. Each chunk is one
 `embed_images` job, the same batched device operation every other vision RPC uses, so a long
@@ -81,13 +81,13 @@ class _StopOnCancelJob:
         self._removers.clear()
 
 
-class StreamEmbedImages(InlineStream):
+class StreamImageEmbeddings(InlineStream):
     def __init__(self, runtime: ServiceRuntime, embedding: Embedding) -> None:
         super().__init__(runtime)
         self.embedding = embedding
         self.settings = runtime.settings_as(VisionSettings)
 
-    def parse(self, message: vision_pb2.StreamEmbedImagesRequest) -> StreamRequest:
+    def parse(self, message: vision_pb2.StreamImageEmbeddingsRequest) -> StreamRequest:
         s = self.settings
         count = len(message.images)
         validation.check_count("images", count, s.max_images_per_stream, "image")
@@ -104,8 +104,8 @@ class StreamEmbedImages(InlineStream):
         return StreamRequest(chunks, count, normalize)
 
     async def stream(
-        self, message: vision_pb2.StreamEmbedImagesRequest, context: Any
-    ) -> AsyncIterator[vision_pb2.StreamEmbedImagesResponse]:
+        self, message: vision_pb2.StreamImageEmbeddingsRequest, context: Any
+    ) -> AsyncIterator[vision_pb2.StreamImageEmbeddingsResponse]:
         self.runtime.ensure_ready()
         request = self.parse(message)
         operation = self.embedding.images
@@ -145,7 +145,7 @@ class StreamEmbedImages(InlineStream):
                     if isinstance(event, Accepted) and index > 0:
                         event = event.queued  # only the stream's first chunk is "accepted"
                     if isinstance(event, Accepted | JobQueued | JobHeartbeat):
-                        reply = vision_pb2.StreamEmbedImagesResponse()
+                        reply = vision_pb2.StreamImageEmbeddingsResponse()
                         fill_job_event(reply, job_id, event)
                         yield reply
                     elif isinstance(event, JobFinished):
@@ -157,7 +157,7 @@ class StreamEmbedImages(InlineStream):
                 if request.normalize:
                     vectors = scoring.l2_normalize(vectors)
                 dimension = int(vectors.shape[1])
-                yield vision_pb2.StreamEmbedImagesResponse(
+                yield vision_pb2.StreamImageEmbeddingsResponse(
                     job_id=job_id,
                     embeddings=vision_pb2.EmbeddingChunk(
                         offset=done,
@@ -167,7 +167,7 @@ class StreamEmbedImages(InlineStream):
                 )
                 done += len(vectors)
                 per_image = (time.monotonic() - started) / done
-                yield vision_pb2.StreamEmbedImagesResponse(
+                yield vision_pb2.StreamImageEmbeddingsResponse(
                     job_id=job_id,
                     progress=vision_pb2.StreamProgress(
                         done=done,
@@ -180,9 +180,9 @@ class StreamEmbedImages(InlineStream):
             for pending in decoding:
                 pending.cancel()
             await asyncio.gather(*decoding, return_exceptions=True)
-        yield vision_pb2.StreamEmbedImagesResponse(
+        yield vision_pb2.StreamImageEmbeddingsResponse(
             job_id=job_id,
-            done=vision_pb2.StreamEmbedImagesDone(
+            done=vision_pb2.StreamImageEmbeddingsDone(
                 count=done, dimension=dimension, usage=job_protos.usage(usage)
             ),
         )

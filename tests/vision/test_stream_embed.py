@@ -1,4 +1,4 @@
-"""StreamEmbedImages through a real server on the tiny CLIP: vectors equal the model card's
+"""StreamImageEmbeddings through a real server on the tiny CLIP: vectors equal the model card's
 recipe and EmbedImages, in input order, chunk by chunk with progress; images by file URI; other
 callers are served during a long stream; cancel (by the call or CancelJob) stops the rest; bad
 input names its field."""
@@ -55,7 +55,7 @@ async def clip(tmp_path_factory: pytest.TempPathFactory) -> Served:
         yield srv
 
 
-async def read_all(call) -> list[vision_pb2.StreamEmbedImagesResponse]:
+async def read_all(call) -> list[vision_pb2.StreamImageEmbeddingsResponse]:
     return [event async for event in call]
 
 
@@ -69,8 +69,8 @@ def stitched(events) -> np.ndarray:
 
 
 async def test_vectors_stream_in_order_with_progress(clip: Served, reference) -> None:
-    request = vision_pb2.StreamEmbedImagesRequest(images=[image_pb(i) for i in IMAGES])
-    events = await read_all(clip.stub.StreamEmbedImages(request, timeout=120))
+    request = vision_pb2.StreamImageEmbeddingsRequest(images=[image_pb(i) for i in IMAGES])
+    events = await read_all(clip.stub.StreamImageEmbeddings(request, timeout=120))
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "accepted"
     assert kinds[-1] == "done"
@@ -92,10 +92,10 @@ async def test_vectors_stream_in_order_with_progress(clip: Served, reference) ->
 
 
 async def test_chunk_size_and_raw_vectors(clip: Served, reference) -> None:
-    request = vision_pb2.StreamEmbedImagesRequest(
+    request = vision_pb2.StreamImageEmbeddingsRequest(
         images=[image_pb(i) for i in IMAGES[:5]], normalize=False, chunk_size=2
     )
-    events = await read_all(clip.stub.StreamEmbedImages(request, timeout=120))
+    events = await read_all(clip.stub.StreamImageEmbeddings(request, timeout=120))
     sizes = [len(e.embeddings.embeddings) for e in events if e.WhichOneof("event") == "embeddings"]
     assert sizes == [2, 2, 1]
     np.testing.assert_allclose(stitched(events), reference.images(IMAGES[:5]), atol=ATOL)
@@ -109,15 +109,17 @@ async def test_images_by_file_uri(clip: Served, reference) -> None:
         path.write_bytes(png(image))
         uris.append(media_pb2.Image(uri=path.as_uri()))
     events = await read_all(
-        clip.stub.StreamEmbedImages(vision_pb2.StreamEmbedImagesRequest(images=uris), timeout=120)
+        clip.stub.StreamImageEmbeddings(
+            vision_pb2.StreamImageEmbeddingsRequest(images=uris), timeout=120
+        )
     )
     np.testing.assert_allclose(stitched(events), unit(reference.images(IMAGES[:6])), atol=ATOL)
 
 
 async def test_other_callers_are_served_during_a_long_stream(clip: Served) -> None:
     many = [image_pb(IMAGES[i % len(IMAGES)]) for i in range(160)]
-    call = clip.stub.StreamEmbedImages(
-        vision_pb2.StreamEmbedImagesRequest(images=many), timeout=300
+    call = clip.stub.StreamImageEmbeddings(
+        vision_pb2.StreamImageEmbeddingsRequest(images=many), timeout=300
     )
     first_chunk = None
     async for event in call:
@@ -143,8 +145,8 @@ async def test_other_callers_are_served_during_a_long_stream(clip: Served) -> No
 
 async def test_cancel_job_stops_the_rest(clip: Served) -> None:
     many = [image_pb(IMAGES[i % len(IMAGES)]) for i in range(200)]
-    call = clip.stub.StreamEmbedImages(
-        vision_pb2.StreamEmbedImagesRequest(images=many, chunk_size=1), timeout=300
+    call = clip.stub.StreamImageEmbeddings(
+        vision_pb2.StreamImageEmbeddingsRequest(images=many, chunk_size=1), timeout=300
     )
     seen = 0
 
@@ -164,8 +166,8 @@ async def test_cancel_job_stops_the_rest(clip: Served) -> None:
 
 async def test_client_cancel_frees_the_service(clip: Served) -> None:
     many = [image_pb(IMAGES[i % len(IMAGES)]) for i in range(200)]
-    call = clip.stub.StreamEmbedImages(
-        vision_pb2.StreamEmbedImagesRequest(images=many, chunk_size=1), timeout=300
+    call = clip.stub.StreamImageEmbeddings(
+        vision_pb2.StreamImageEmbeddingsRequest(images=many, chunk_size=1), timeout=300
     )
     async for event in call:
         if event.WhichOneof("event") == "embeddings":
@@ -182,26 +184,29 @@ async def test_client_cancel_frees_the_service(clip: Served) -> None:
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
-        (vision_pb2.StreamEmbedImagesRequest(), "images"),
+        (vision_pb2.StreamImageEmbeddingsRequest(), "images"),
         (
-            vision_pb2.StreamEmbedImagesRequest(images=[media_pb2.Image(data=b"x")] * 501),
+            vision_pb2.StreamImageEmbeddingsRequest(images=[media_pb2.Image(data=b"x")] * 501),
             "images",
         ),
-        (vision_pb2.StreamEmbedImagesRequest(images=[image_pb(IMAGES[0])], pooling=7), "pooling"),
+        (
+            vision_pb2.StreamImageEmbeddingsRequest(images=[image_pb(IMAGES[0])], pooling=7),
+            "pooling",
+        ),
     ],
     ids=["empty", "too-many", "pooling"],
 )
 async def test_bad_requests_name_the_field(clip: Served, request_, field: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await read_all(clip.stub.StreamEmbedImages(request_, timeout=30))
+        await read_all(clip.stub.StreamImageEmbeddings(request_, timeout=30))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(error.value) == [field]
 
 
 async def test_an_unreadable_image_ends_the_stream_naming_it(clip: Served) -> None:
     images = [image_pb(IMAGES[0])] * 5 + [media_pb2.Image(data=b"not an image")]
-    call = clip.stub.StreamEmbedImages(
-        vision_pb2.StreamEmbedImagesRequest(images=images, chunk_size=4), timeout=60
+    call = clip.stub.StreamImageEmbeddings(
+        vision_pb2.StreamImageEmbeddingsRequest(images=images, chunk_size=4), timeout=60
     )
     received = 0
 

@@ -363,7 +363,7 @@ class VisionClient(Client):
         each, EmbedDone last. Large sets are best sent as file:// or https:// URIs."""
         request = search.stream_embed_request(images, chunk_size, normalize, pooling)
         return self._caller.stream(
-            self._stub.StreamEmbedImages,
+            self._stub.StreamImageEmbeddings,
             request,
             search.embed_event,
             timeout=timeout,

@@ -112,8 +112,8 @@ def stream_embed_request(
     chunk_size: int,
     normalize: bool,
     pooling: str | None,
-) -> vision_pb2.StreamEmbedImagesRequest:
-    return vision_pb2.StreamEmbedImagesRequest(
+) -> vision_pb2.StreamImageEmbeddingsRequest:
+    return vision_pb2.StreamImageEmbeddingsRequest(
         images=images_list(images),
         chunk_size=chunk_size,
         normalize=normalize,
@@ -121,7 +121,7 @@ def stream_embed_request(
     )
 
 
-def embed_event(response: vision_pb2.StreamEmbedImagesResponse) -> EmbedEvent | None:
+def embed_event(response: vision_pb2.StreamImageEmbeddingsResponse) -> EmbedEvent | None:
     shared = shared_event(response)
     if shared is not None:
         return shared
