@@ -6,7 +6,7 @@ GOPATH_GEN := $(CURDIR)/gen/go
 GO_ENV := GO111MODULE=off GOPATH=$(GOPATH_GEN):/usr/share/gocode GOCACHE=$(CURDIR)/.cache/go-build GOFLAGS=
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-PHONY_EXTRA := run cert bench-deps soak bench profile
+PHONY_EXTRA := run cert bench-deps soak bench profile install-containers images deploy-test
 .PHONY: $(PHONY_EXTRA) help install install-editable install-system install-python install-node protos protos-python protos-ts protos-go \
 	      lint lint-protos breaking format test test-protos run clean
 
@@ -23,7 +23,7 @@ $(STAMP): $(INSTALL_INPUTS)
 	$(MAKE) install-system install-python install-node protos install-editable
 	mkdir -p .cache && touch $@
 
-install-system: ## Debian packages: Go toolchain and Go gRPC sources (Go stubs), Chromium, openssl
+install-system: ## Debian packages: Go toolchain and Go gRPC sources (Go stubs), Chromium, openssl, espeak-ng (a second voice for the live-session tests)
 	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/google.golang.org/grpc ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    golang-go protobuf-compiler protoc-gen-go-grpc golang-google-grpc-dev golang-google-protobuf-dev >/dev/null; \
@@ -33,6 +33,9 @@ install-system: ## Debian packages: Go toolchain and Go gRPC sources (Go stubs),
 	fi
 	@if ! command -v openssl >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
+	fi
+	@if ! command -v espeak-ng >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
 	fi
 
 install-python: ## virtualenv with the CPU torch build and the project in editable mode
@@ -86,7 +89,7 @@ format: ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: install ## the whole CI test suite (what .ci/run calls); installs first on a fresh machine
+test: install install-containers ## the whole CI test suite (what .ci/run calls); installs first on a fresh machine (podman too: the container smoke test)
 	$(PY) -m pytest -q
 
 run: install ## the local stack: all four services on built-in tiny models behind Envoy (Ctrl-C stops it)
@@ -109,6 +112,17 @@ SOAK_SECONDS ?= 600
 soak: install ## reliability suites with a long soak (SOAK_SECONDS): memory under load, rolling restarts of every real capability
 	MMSERVE_SOAK=1 MMSERVE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q --timeout=$$(( $(SOAK_SECONDS) * 2 + 900 )) \
 	  tests/reliability/faults tests/reliability/load tests/reliability/security
+
+install-containers: ## podman + runc (Debian packages, runc and no default ulimits) and the local Debian base image; idempotent
+	bash deploy/podman/install.sh
+	nice bash deploy/podman/base-image.sh
+
+images: install install-containers ## CPU images: each capability, edge, Envoy, OpenAI gateway (podman; deploy/README.md)
+	nice bash deploy/podman/images.sh
+
+deploy-test: images ## the built images for real: Compose, grpcurl through the edge, drain under load, kube play
+	$(PY) -m pip install -q -r deploy/podman/requirements.txt
+	MMSERVE_DEPLOY_TEST=1 $(PY) -m pytest -q --timeout=1800 tests/deploy/containers
 
 clean:
 	rm -rf gen .cache .pytest_cache

@@ -65,7 +65,7 @@ class Options:
     threads: int = 0  # torch threads per process (0: the number of CPU cores, at most 16)
     litserve: bool = True
     envoy: bool = True
-    batching: bool | None = None  # vl's batching option; default: on for cuda
+    batching: bool | None = None  # vl's batching option; default: on (the server's default)
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,8 @@ class Plan:
         if capability == "vl" and self.vl_batching:
             top = max(self.concurrency.get("vl", (1,)))
             flags += ["--batching", "--batch-max-size", str(max(2, top))]
-            flags += ["--batch-max-wait-ms", "5"]
+        elif capability == "vl":
+            flags.append("--no-batching")
         return flags
 
 
@@ -207,7 +208,7 @@ def make_plan(options: Options) -> Plan:
         threads=options.threads or default_threads(),
         litserve=options.litserve,
         envoy=options.envoy,
-        vl_batching=gpu if options.batching is None else options.batching,
+        vl_batching=True if options.batching is None else options.batching,
         concurrency=concurrency,
         sizes=sizes,
         envoy_concurrency=envoy_concurrency,

@@ -12,12 +12,22 @@ with speech on:
 RTF = wall time of the whole reply / seconds of speech it produced (below 1: speech is made
 faster than it plays). One client (omni serves one reply at a time).
 
+Live sessions ("spoken turn" cells): a question spoken by the Piper voice is pushed into a
+half-duplex session in 100 ms PCM chunks at real time (each chunk when its last sample would
+have been captured), followed by silence; every part is timed at the client from the end of the
+user's speech: `vad_ms` (the session's "vad: speech ended" state: the VAD silence window),
+`asr_ms` (the transcript), `ttft_ms` (first reply text), `ttfa_ms` (first reply audio) and the
+turn's end (the cell's latency). One fresh session per question, so every turn starts alike.
+`python bench/omni_bench.py --session-latency [--turns N] [--target HOST:PORT]` prints these
+parts alone (starting a server unless --target names one).
+
 Part of the runner: `python -m bench.run --capabilities omni` (this file run as a script is the
 same).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 import tempfile
@@ -25,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
@@ -162,6 +173,169 @@ class GrpcClient(kit.ChannelClient):
         return self.run_closed_loop(self.one, replies, clients)
 
 
+# ---- live sessions: a spoken turn, timed from the end of the user's speech ------------------
+
+PUSH_CHUNK_MS = 100
+LEAD_SECONDS = 0.3
+TAIL_SECONDS = 1.5
+SESSION_PARTS = ("vad_ms", "asr_ms", "ttft_ms", "ttfa_ms", "end_ms")
+
+
+@functools.cache
+def spoken(text: str) -> Any:
+    """`text` spoken by the Piper voice, 16 kHz mono float32 (noise off: the same every run)."""
+    import numpy as np
+
+    from services.omni.audio import resample
+    from services.omni.tts import PiperTts, TtsOptions
+
+    voice = PiperTts(TtsOptions("auto", noise_scale=0.0, noise_w_scale=0.0))
+    audio = np.concatenate(list(voice.synthesize(text)))
+    return resample(audio, voice.sample_rate, 16000)
+
+
+async def spoken_turn(stub: Any, question: str, tokens: int) -> dict[str, float]:
+    """One half-duplex session answering `question` spoken at real time: the parts in ms from
+    the end of the user's speech (see the module's docstring)."""
+    import asyncio
+
+    import numpy as np
+
+    from mmserve.common.v1 import chat_pb2, media_pb2
+    from mmserve.omni.v1 import omni_pb2
+    from services.omni.audio import to_pcm16
+
+    speech = spoken(question)
+    silence = np.zeros(int(16000 * LEAD_SECONDS), dtype=np.float32)
+    tail = np.zeros(int(16000 * TAIL_SECONDS), dtype=np.float32)
+    pcm = to_pcm16(np.concatenate([silence, speech, tail]))
+    step = 16000 * PUSH_CHUNK_MS // 1000 * 2
+    opened = await stub.OpenSession(
+        omni_pb2.OpenSessionRequest(
+            mode=omni_pb2.SESSION_MODE_HALF_DUPLEX,
+            sampling=chat_pb2.SamplingParams(max_new_tokens=tokens, temperature=0.0),
+            speech=omni_pb2.SpeechOptions(enabled=True, chunk_ms=CHUNK_MS),
+        ),
+        timeout=60,
+    )
+    sid = opened.session_id
+    marks: dict[str, float] = {}
+    done = asyncio.Event()
+
+    async def read() -> None:
+        request = omni_pb2.StreamSessionEventsRequest(session_id=sid)
+        async for event in stub.StreamSessionEvents(request):
+            now = time.perf_counter()
+            kind = event.WhichOneof("event")
+            if kind == "state" and event.state.reason == "vad: speech ended":
+                marks.setdefault("vad_ms", now)
+            elif kind == "transcript":
+                marks.setdefault("asr_ms", now)
+            elif kind == "delta":
+                marks.setdefault("ttft_ms", now)
+            elif kind == "audio":
+                marks.setdefault("ttfa_ms", now)
+            elif kind == "turn_completed":
+                marks.setdefault("end_ms", now)
+                done.set()
+                return
+
+    reader = asyncio.create_task(read())
+    try:
+        started = time.perf_counter()
+        speech_end = started + (len(silence) + len(speech)) / 16000
+        for index, offset in enumerate(range(0, len(pcm), step)):
+            # A microphone delivers a chunk once its last sample is captured.
+            await asyncio.sleep(
+                max(0.0, started + (index + 1) * PUSH_CHUNK_MS / 1000 - time.perf_counter())
+            )
+            await stub.PushSessionInput(
+                omni_pb2.PushSessionInputRequest(
+                    session_id=sid,
+                    sequence=index,
+                    audio=media_pb2.Audio(
+                        data=pcm[offset : offset + step],
+                        format=media_pb2.AUDIO_FORMAT_PCM_S16LE,
+                        sample_rate_hz=16000,
+                    ),
+                ),
+                timeout=30,
+            )
+            if done.is_set():
+                break
+        await asyncio.wait_for(done.wait(), 300)
+    finally:
+        reader.cancel()
+        await stub.CloseSession(omni_pb2.CloseSessionRequest(session_id=sid), timeout=30)
+    return {name: (at - speech_end) * 1000 for name, at in marks.items()}
+
+
+class SessionClient(kit.ChannelClient):
+    """Spoken turns in half-duplex sessions, one session per question."""
+
+    def __init__(self, target: str, loop: kit.Loop, tokens: int) -> None:
+        from mmserve.omni.v1 import omni_pb2_grpc
+
+        super().__init__(target, loop)
+        self.tokens = tokens
+        self.asked = itertools.count()
+        self.stub = omni_pb2_grpc.OmniServiceStub(self.channel)
+
+    async def one(self, _index: int) -> tuple[kit.Sample, float]:
+        question = QUESTIONS[next(self.asked) % len(QUESTIONS)]
+        parts = await spoken_turn(self.stub, question, self.tokens)
+        return kit.Sample(parts.get("end_ms", float("nan")) / 1000, extra=parts), 1.0
+
+    def measure(self, turns: int) -> kit.Run:
+        return self.run_closed_loop(self.one, turns, 1)
+
+
+def session_latency(argv: Sequence[str]) -> int:
+    """`--session-latency [--turns N] [--target HOST:PORT]`: the parts of spoken turns."""
+    import argparse
+    import asyncio
+    import statistics
+
+    import grpc
+
+    from mmserve.omni.v1 import omni_pb2_grpc
+
+    parser = argparse.ArgumentParser(prog="omni_bench.py --session-latency")
+    parser.add_argument("--session-latency", action="store_true")
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--target", default="")
+    args = parser.parse_args(argv)
+    server = None
+    target = args.target
+    if not target:
+        data_dir = tempfile.mkdtemp(prefix="omni-bench-")
+        server = kit.start_served("omni", ["--data-dir", data_dir], envoy=False)
+        target = server.targets()[kit.SERVED]
+
+    async def measure() -> list[dict[str, float]]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = omni_pb2_grpc.OmniServiceStub(channel)
+            await spoken_turn(stub, QUESTIONS[0], args.tokens)  # warm-up, not counted
+            return [
+                await spoken_turn(stub, QUESTIONS[i % len(QUESTIONS)], args.tokens)
+                for i in range(args.turns)
+            ]
+
+    try:
+        turns = asyncio.run(measure())
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"{len(turns)} spoken turns, ms after the end of the user's speech:")
+    for name in SESSION_PARTS:
+        values = sorted(t[name] for t in turns if name in t)
+        if values:
+            p90 = values[min(len(values) - 1, int(0.9 * len(values)))]
+            print(f"  {name:8} p50 {statistics.median(values):7.0f}  p90 {p90:7.0f}")
+    return 0
+
+
 def benchmark(
     plan: kit.Plan, log: Callable[[str], None] = print
 ) -> tuple[list[kit.Cell], list[str]]:
@@ -209,6 +383,21 @@ def benchmark(
                         lambda client=client: client.measure(1, 1),
                     )
                 )
+        notes.append(
+            "omni spoken turn: a Piper-spoken question pushed at real time into a half-duplex "
+            "session, parts in ms from the end of speech (vad_ms, asr_ms, ttft_ms, ttfa_ms; "
+            "latency = the turn's end)"
+        )
+        sessions = {p: SessionClient(t, loop, tokens) for p, t in server.targets().items()}
+        closers += [c.close for c in sessions.values()]
+        for path, client in plan.paths_at("omni", 1, sessions).items():
+            specs.append(
+                kit.CellSpec(
+                    kit.Cell("omni", path, 1, "reply", "spoken turn, half duplex"),
+                    lambda client=client: client.measure(replies),
+                    lambda client=client: client.measure(1),
+                )
+            )
         order = {kit.IN_PROCESS: 0, kit.SERVED: 1, kit.ENVOY: 2}
         specs.sort(key=lambda s: (s.cell.concurrency, order[s.cell.path]))
         cells = kit.measure_rounds(specs + native, plan.repeats_for("omni"), log)
@@ -249,4 +438,6 @@ def _native_specs(
 
 
 if __name__ == "__main__":
+    if "--session-latency" in sys.argv:
+        sys.exit(session_latency(sys.argv[1:]))
     sys.exit(kit.script_main("omni"))

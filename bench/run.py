@@ -99,7 +99,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--batching",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="vl server's batching option (default: on with --device cuda)",
+        help="vl server's batching option (default: on, as the server's own default)",
     )
     parser.add_argument(
         "--json", help="write the machine-readable results here ('-' for stdout)", default=""

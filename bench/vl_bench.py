@@ -12,7 +12,8 @@ model on CPU, a 3B-class one on GPU):
   N requests one after the other at concurrency N;
 - served: `python -m services.vl`, StreamChat from N concurrent clients, straight to its port and
   through Envoy, timed at the client from sending the request (PNG bytes) to each text delta.
-  With --device cuda the server runs with its batching option on (--batching).
+  The server runs with its batching option as by default (on: requests decode together),
+  `python -m bench.run --no-batching` runs it single-flight.
 
 Part of the runner: `python -m bench.run --capabilities vl` (this file run as a script is the
 same); `--in-process-child` is the internal entry point of the in-process process.
@@ -233,7 +234,7 @@ def benchmark(
         f"vl: one {IMAGE_SIDE}x{IMAGE_SIDE} image + one sentence, greedy, {tokens} new tokens; "
         "throughput counts generated tokens (prefill included in the wall time); decode tok/s "
         "is measured after the first token"
-        + ("; server with --batching" if plan.vl_batching else "; server single-flight")
+        + ("; server with --batching (the default)" if plan.vl_batching else "; --no-batching")
     ]
     with kit.teardown() as (loop, closers):
         log("vl: starting the server and the in-process child")

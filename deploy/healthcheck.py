@@ -6,6 +6,7 @@ its probes speak gRPC health natively.
 
     python deploy/healthcheck.py                        # MMSERVE_PORT, MMSERVE_HEALTH_SERVICE
     python deploy/healthcheck.py --port 50053 --service mmserve.vision.v1.VisionService
+    python deploy/healthcheck.py --http http://127.0.0.1:8090/v1/models   # an HTTP service
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
 import grpc
@@ -36,6 +39,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Health service name ('' is the whole server).",
     )
     parser.add_argument("--timeout", type=float, default=3.0, help="Seconds to wait for a reply.")
+    parser.add_argument(
+        "--http", default="", help="Probe this URL instead (HTTP services): healthy on a 2xx."
+    )
     return parser.parse_args(argv)
 
 
@@ -52,8 +58,23 @@ def check(host: str, port: int, service: str, timeout: float) -> tuple[bool, str
     return reply.status == health_pb2.HealthCheckResponse.SERVING, status
 
 
+def check_http(url: str, timeout: float) -> tuple[bool, str]:
+    """(healthy, what was seen) for one GET."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return 200 <= reply.status < 300, f"HTTP {reply.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except OSError as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.http:
+        serving, seen = check_http(args.http, args.timeout)
+        print(f"{args.http}: {seen}")
+        return 0 if serving else 1
     serving, seen = check(args.host, args.port, args.service, args.timeout)
     # One line: Docker keeps the probe's output in `docker inspect` for troubleshooting.
     print(f"{args.host}:{args.port} {args.service or '<server>'}: {seen}")

@@ -28,6 +28,8 @@ TEMPLATE = Path(__file__).with_name("envoy.yaml.j2")
 EDGE_CLUSTER = "edge"
 # The browser playground's static files (gateway/static.py), when the edge serves them.
 PLAYGROUND_CLUSTER = "playground"
+# The OpenAI-compatible HTTP service (python -m gateway.openai), when the edge routes /v1/.
+OPENAI_CLUSTER = "openai"
 # The edge service reports itself under this health name (its cluster's own check); the
 # capabilities' names report their replicas (see gateway/edge.py).
 EDGE_HEALTH_SERVICE = "mmserve.edge"
@@ -67,6 +69,8 @@ class Upstream:
     endpoints: tuple[Endpoint, ...]
     service: str = ""  # full proto service name routed here; empty for the edge cluster
     streaming_methods: tuple[str, ...] = ()
+    # Unary methods the edge must not run twice (see AT_MOST_ONCE).
+    at_most_once_methods: tuple[str, ...] = ()
 
     @property
     def dns(self) -> bool:
@@ -139,6 +143,9 @@ class EdgeConfig:
     # A static file server with the browser playground (gateway/static.py): GET and HEAD of
     # every path no gRPC route takes go there. None: no such route (the default).
     playground: Endpoint | None = None
+    # The OpenAI-compatible HTTP service(s) (gateway/openai): every /v1/ path goes there.
+    # Empty: no such route (the default). A hostname becomes a STRICT_DNS cluster.
+    openai: tuple[Endpoint, ...] = ()
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -158,9 +165,44 @@ class EdgeConfig:
         return PLAYGROUND_CLUSTER
 
     @property
+    def openai_cluster(self) -> str:
+        return OPENAI_CLUSTER
+
+    @property
+    def openai_dns(self) -> bool:
+        return not all(ep.is_ip for ep in self.openai)
+
+    @property
     def json_body_limit_bytes(self) -> int:
         # base64 grows bytes by 4/3; field names and escapes need a little more.
         return self.max_message_mb * 1024 * 1024 * 3 // 2
+
+
+# Unary methods whose effect would repeat if the edge ran them again on another replica after
+# the first one died while handling them: a session's state, the voice registry, a cancel.
+# The edge retries these only when the request never reached a handler. Every other unary
+# method changes no state (inference, reads of jobs, voices, models, recordings) and is retried
+# after a reset too. A new RPC with side effects belongs here; the names are checked against
+# the contracts (tests/e2e/test_replica_failover.py).
+AT_MOST_ONCE_EVERYWHERE = ("CancelJob",)
+AT_MOST_ONCE: dict[str, tuple[str, ...]] = {
+    "omni": (
+        "OpenSession",
+        "PushSessionInput",
+        "PauseSession",
+        "ResumeSession",
+        "CloseSession",
+        "RegisterVoice",
+        "DeleteVoice",
+    ),
+}
+
+
+def at_most_once_methods(name: str) -> tuple[str, ...]:
+    """The unary methods of capability `name` that the edge must not run twice."""
+    spec = capability(name)
+    wanted = (*AT_MOST_ONCE_EVERYWHERE, *AT_MOST_ONCE.get(name, ()))
+    return tuple(m for m in spec.unary_methods if m in wanted)
 
 
 def capability_upstream(name: str, endpoints: Sequence[Endpoint]) -> Upstream:
@@ -171,6 +213,7 @@ def capability_upstream(name: str, endpoints: Sequence[Endpoint]) -> Upstream:
         endpoints=tuple(endpoints),
         service=spec.service,
         streaming_methods=spec.streaming_methods,
+        at_most_once_methods=at_most_once_methods(name),
     )
 
 
@@ -252,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Static file server with the browser playground, host:port (python -m "
         "gateway.static): GET/HEAD of other paths go there. Default: no playground route.",
     )
+    parser.add_argument(
+        "--openai",
+        default="",
+        help="OpenAI-compatible service(s) (python -m gateway.openai), host:port[,host:port...]: "
+        "every /v1/ path goes there. Default: no /v1/ route.",
+    )
     parser.add_argument("--out", type=Path, default=None, help="Output file; stdout if unset.")
     for name, f in _SCALARS.items():
         flag, text = "--" + name.replace("_", "-"), f.metadata["help"]
@@ -275,6 +324,7 @@ def config_from_args(args: argparse.Namespace) -> EdgeConfig:
         descriptor_path=str(Path(args.descriptors).resolve()),
         cors_origins=tuple(args.cors_origin) if args.cors_origin else EdgeConfig.cors_origins,
         playground=args.playground,
+        openai=tuple(Endpoint.parse(a) for a in args.openai.split(",") if a.strip()),
         **scalars,
     )
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import signal
+import ssl
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +31,8 @@ from gateway.render import EdgeConfig, Endpoint, capability_upstream, render
 from gateway.static import WEB_DIR, PlaygroundError, StaticServer, ensure_built
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+OPENAI_PENDING = "/v1/ (gateway.openai)"
+OPENAI_PORT = 8090  # gateway.openai's own port with --fixed-ports
 
 
 def available_capabilities() -> list[str]:
@@ -63,6 +68,9 @@ class StackConfig:
     edge: EdgeConfig | None = None  # template for the rendered parameters (TLS, CORS, timeouts)
     # A built playground (clients/web/dist) to serve at the edge's own URL; None: no playground.
     playground: Path | None = None
+    # The OpenAI-compatible HTTP service (python -m gateway.openai) under /v1/ on the edge.
+    openai: bool = True
+    openai_port: int = 0  # its own loopback port (0: a free one)
 
 
 class Stack:
@@ -75,6 +83,8 @@ class Stack:
         self.admin_port = config.admin_port or free_port()
         self.edge_port = free_port()
         self.edge_child: Child | None = None
+        self.openai_child: Child | None = None
+        self.openai_port = config.openai_port or free_port()
         self.envoy: Child | None = None
         self.static: StaticServer | None = None  # the playground's files, on loopback
         self.envoy_config_path = config.run_dir / "envoy.yaml"
@@ -146,6 +156,7 @@ class Stack:
             listen_port=self.port,
             admin_port=self.admin_port,
             playground=static,
+            openai=(Endpoint("127.0.0.1", self.openai_port),) if self.config.openai else (),
         )
 
     def start(self) -> None:
@@ -171,6 +182,8 @@ class Stack:
             ],
             run_dir / "logs" / "edge.log",
         ).start()
+        if self.config.openai:
+            self.openai_child = self._openai().start()
         if self.config.playground is not None:
             # A thread of this process: it ends with the launcher, like the children do.
             log = run_dir / "logs" / "playground.log"
@@ -192,9 +205,49 @@ class Stack:
             run_dir / "logs" / "envoy.log",
         ).start()
 
+    def _openai(self) -> Child:
+        """The OpenAI-compatible service: a gRPC client of every replica of each capability
+        (round-robin, skipping replicas that are not SERVING)."""
+        upstreams = ";".join(
+            f"{g.spec.name}=ipv4:{','.join(str(e) for e in g.endpoints)}"
+            for g in self.config.groups
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "gateway.openai",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.openai_port),
+            "--upstream",
+            upstreams,
+        ]
+        log = self.config.run_dir / "logs" / "openai.log"
+        return Child("openai", argv, log)
+
+    @property
+    def openai_url(self) -> str | None:
+        """The OpenAI-compatible API's base URL (for OpenAI(base_url=...)), through Envoy."""
+        return f"{self.url}/v1" if self.config.openai else None
+
     def children(self) -> list[Child]:
         found = [c for g in self.config.groups for c in g.children]
-        return [*found, *(c for c in (self.edge_child, self.envoy) if c is not None)]
+        extra = (self.edge_child, self.openai_child, self.envoy)
+        return [*found, *(c for c in extra if c is not None)]
+
+    def openai_ready(self, timeout: float = 2.0) -> bool:
+        """The OpenAI-compatible service answers through Envoy."""
+        if not self.config.openai:
+            return True
+        context = ssl._create_unverified_context() if self.url.startswith("https") else None
+        try:
+            with urllib.request.urlopen(
+                f"{self.url}/v1/healthz", timeout=timeout, context=context
+            ) as reply:
+                return bool(reply.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
 
     # --- readiness ---
     def health(self, service: str = "", timeout: float = 2.0) -> int | None:
@@ -220,7 +273,9 @@ class Stack:
                         f"{child.name} exited ({child.process and child.process.returncode}); "
                         f"log {child.log_path}:\n{child.tail()}"
                     )
-            pending = [s for s in pending if self.health(s) != SERVING]
+            pending = [s for s in pending if s == OPENAI_PENDING or self.health(s) != SERVING]
+            if pending == [OPENAI_PENDING] or not pending:
+                pending = [] if self.openai_ready() else [OPENAI_PENDING]
             if not pending:
                 break
             if time.monotonic() > deadline:
@@ -294,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fixed-ports",
         action="store_true",
         help="Replica i of a capability on its default ports + 100*i (t2i 50051/9091, vl "
-        "50052/9092, vision 50053/9093, omni 50054/9094) instead of free ones.",
+        "50052/9092, vision 50053/9093, omni 50054/9094), gateway.openai on 8090, instead of "
+        "free ones.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="Edge listen address.")
     parser.add_argument("--port", type=int, default=8080, help="Edge port; 0 picks a free one.")
@@ -311,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="Serve the browser playground (clients/web) at the edge's URL, building it first "
         "(npm run build) when it is missing or older than its sources.",
+    )
+    parser.add_argument(
+        "--openai",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Serve the OpenAI-compatible HTTP API (python -m gateway.openai) under /v1/ on "
+        "the edge's port.",
     )
     parser.add_argument("--tls-cert", default="", help="PEM certificate: serve HTTPS/h2.")
     parser.add_argument("--tls-key", default="", help="PEM private key for --tls-cert.")
@@ -373,6 +436,8 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
         stop_grace=args.stop_grace,
         edge=edge,
         playground=WEB_DIR / "dist" if args.playground else None,
+        openai=args.openai,
+        openai_port=OPENAI_PORT if args.fixed_ports else 0,
     )
 
 
@@ -384,6 +449,7 @@ def banner(stack: Stack) -> str:
     lines = [
         f"mmserve edge: {stack.address} (gRPC, grpc-web, HTTP/JSON); admin {stack.admin_url}",
         *([f"  playground: {playground} (open it in a browser)"] if playground else []),
+        *([f"  OpenAI API: {stack.openai_url} (OpenAI(base_url=...))"] if stack.openai_url else []),
         *(
             f"  {g.spec.name}: {', '.join(str(e) for e in g.endpoints)} ({g.spec.service})"
             for g in stack.config.groups

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.omni.builtin import bundled
 from services.omni.turns import ASR_RATE, FloatAudio
@@ -59,3 +61,41 @@ class WhisperAsr:
             vad_filter=True,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """ISO-639-1 codes the model transcribes (just "en" for English-only models)."""
+        return tuple(self._model.supported_languages)
+
+    @property
+    def default_language(self) -> str:
+        """The configured language hint; "" means detect (English-only models: "en")."""
+        if not self._model.model.is_multilingual:
+            return "en"
+        return self._options.language
+
+    def segments(
+        self,
+        samples: FloatAudio,
+        *,
+        language: str,
+        prompt: str = "",
+        temperature: float = 0.0,
+        vad_filter: bool = True,
+    ) -> tuple[Any, Iterator[Any]]:
+        """faster-whisper's (info, lazy segments) for 16 kHz mono audio. Temperature 0 decodes
+        greedily and falls back to hotter sampling only for a suspicious result; above 0, that
+        one temperature is used."""
+        temperatures: float | tuple[float, ...] = (
+            (0.0, 0.2, 0.4, 0.6, 0.8, 1.0) if temperature == 0 else temperature
+        )
+        segments, info = self._model.transcribe(
+            samples,
+            beam_size=self._options.beam_size,
+            language=language or None,
+            initial_prompt=prompt or None,
+            temperature=temperatures,
+            condition_on_previous_text=False,
+            vad_filter=vad_filter,
+        )
+        return info, segments

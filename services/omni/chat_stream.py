@@ -25,8 +25,8 @@ def audio_chunk(chunk: AudioOut) -> omni_pb2.AudioChunk:
 
 
 class OmniChatStream(ChatStreamRenderer[omni_pb2.StreamChatResponse]):
-    def __init__(self, *, seed: int) -> None:
-        super().__init__(omni_pb2.StreamChatResponse, seed=seed)
+    def __init__(self, *, seed: int, input_tokens: int = 0) -> None:
+        super().__init__(omni_pb2.StreamChatResponse, seed=seed, input_tokens=input_tokens)
         self._audio_seconds = 0.0  # sent so far, for a reply cancelled mid-speech
 
     def _fill_output(self, reply: Any, payload: object) -> bool:

@@ -83,6 +83,23 @@ class OmniSettings(ChatSettings):
     chunk_ms: int = Field(
         200, ge=20, le=5000, description="Default size of streamed speech chunks in ms."
     )
+    # --- plain speech: Synthesize and Transcribe ---
+    standalone_speech: bool = Field(
+        False,
+        description=(
+            "Also load the recognizer and the Piper voice for models that hear and speak "
+            "natively, so Transcribe and Synthesize are served with them."
+        ),
+    )
+    synthesize_max_chars: int = Field(
+        4096, ge=1, le=100_000, description="Longest text Synthesize speaks, in characters."
+    )
+    transcribe_max_seconds: float = Field(
+        600.0, gt=0, description="Longest clip Transcribe takes, in seconds."
+    )
+    transcribe_vad_filter: bool = Field(
+        True, description="Transcribe skips what Silero VAD finds silent before recognition."
+    )
     # --- voice activity detection (sessions) ---
     vad_threshold: float = Field(
         0.5, gt=0, lt=1, description="Silero VAD speech probability that counts as speech."
@@ -91,7 +108,7 @@ class OmniSettings(ChatSettings):
         200, ge=32, description="Speech needed before a user turn (or a barge-in) starts."
     )
     vad_min_silence_ms: int = Field(
-        600, ge=32, description="Silence after speech that ends the user's turn."
+        500, ge=32, description="Silence after speech that ends the user's turn."
     )
     vad_pad_ms: int = Field(
         200, ge=0, description="Audio kept before detected speech so no word start is lost."
@@ -106,13 +123,26 @@ class OmniSettings(ChatSettings):
     )
     # --- sessions ---
     max_sessions: int = Field(
-        4, ge=1, description="Most live sessions open at once (queued ones included)."
+        4,
+        ge=1,
+        description=(
+            "Most live sessions open at once (their turns share the device, one job per turn)."
+        ),
     )
     session_pause_timeout_seconds: float = Field(
         60.0, gt=0, description="A paused session is released after this many seconds."
     )
     session_idle_timeout_seconds: float = Field(
         300.0, gt=0, description="A session without input and without a reader is released."
+    )
+    session_orphan_timeout_seconds: float = Field(
+        15.0,
+        gt=0,
+        description=(
+            "A session with no reader of its events and no input for this long is released "
+            "(its client went away without closing it); paused sessions wait for the pause "
+            "timeout instead."
+        ),
     )
     session_max_duration_seconds: float = Field(
         3600.0, gt=0, description="A session is closed after this long, whatever it does."

@@ -7,6 +7,7 @@ executor's device thread and reports text and audio through callbacks as they ar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from services.omni.builtin import BUILTINS
 from services.omni.config import OmniSettings
 from services.omni.families import create_family
 from services.omni.families.base import ConversationState, Family, FamilyTraits, SpeechTarget
-from services.omni.generation import GenerationHooks, seed_everything
+from services.omni.families.chat_llm import ChatLlmFamily, cap_new_tokens, eos_ids
+from services.omni.generation import GenerationHooks, OmniChatDecoder, seed_everything
 from services.omni.speech import SentenceSpeaker, SpeechWriter
 from services.omni.tts import PiperTts, TtsOptions
 from services.omni.turns import (
@@ -35,6 +37,8 @@ from services.omni.turns import (
 from services.omni.vad import SileroModel, VadConfig, VoiceActivityDetector
 from services.omni.voices import VOICE_PREFIX, VoiceRegistry
 from services.runtime.builtin import resolve_model
+from services.runtime.chat.causal_lm import TokenizedPrompt
+from services.runtime.chat.continuous import decode_together
 from services.runtime.chat.messages import (
     FinishReason,
     ImagePart,
@@ -66,6 +70,10 @@ class Features:
     max_context_tokens: int
     speakers: tuple[str, ...]
     voice_cloning: bool
+    # Session modes whose sessions keep the device for their whole life. A model that decides
+    # when to listen and when to speak by itself, continuously, would need it; none of the
+    # families here does (VAD decides, one job per turn), so every mode shares the device.
+    device_holding_modes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ class OmniEngine(Engine):
         self._options: TorchOptions | None = None
         self._model_id = ""
         self._revision = ""
+        self._decoder: OmniChatDecoder | None = None
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -113,7 +122,9 @@ class OmniEngine(Engine):
         family.load()
         self.family = family
         traits = family.traits
-        if not traits.audio_input and settings.asr_model != "none":
+        # Transcribe and Synthesize need these even where the family hears and speaks itself.
+        standalone = settings.standalone_speech
+        if (standalone or not traits.audio_input) and settings.asr_model != "none":
             self.asr = WhisperAsr(
                 AsrOptions(
                     settings.asr_model,
@@ -124,7 +135,7 @@ class OmniEngine(Engine):
                     settings.asr_threads,
                 )
             )
-        if not traits.speech_output and settings.tts_model != "none":
+        if (standalone or not traits.speech_output) and settings.tts_model != "none":
             self.tts = PiperTts(
                 TtsOptions(
                     settings.tts_model,
@@ -156,7 +167,55 @@ class OmniEngine(Engine):
         self.respond(job, VoiceChoice(), emit_text=lambda _: None, emit_audio=lambda _: None)
         if self.asr is not None:
             self.asr.transcribe(np.zeros(ASR_RATE // 2, dtype=np.float32))
+        if self.tts is not None and self.traits.speech_output:  # only Synthesize speaks with it
+            for _ in self.tts.synthesize("Hi."):
+                pass
+        if self.settings.batching:
+            self._warm_decoding_together()
         log.info("warm-up done in %.2fs", time.monotonic() - started)
+
+    # ---- text chats decoding together (iteration-level batching) ---------------------------
+
+    def _warm_decoding_together(self) -> None:
+        """Two short text chats through the decode loop: warms it up and proves the model can
+        batch (a family other than a plain chat LLM, or a cache that does not merge, runs
+        each chat alone)."""
+        family = self.family
+        if not isinstance(family, ChatLlmFamily):
+            return
+        eos = eos_ids(family.model.generation_config, family.tokenizer)
+        self._decoder = OmniChatDecoder(family.model, family.tokenizer, eos)
+        warm = [
+            ChatJob((Message(Role.USER, (TextPart(text),)),), SamplingPlan(2))
+            for text in ("Hi", "Hello there")
+        ]
+        prompts = [_Warm(self.tokenize(job, stream=False)) for job in warm]
+        try:
+            results = decode_together(self._decoder, prompts)
+        except ValueError as exc:  # a cache that cannot be merged
+            log.warning("decoding chats together is off for this model: %s", exc)
+            self._decoder = None
+            return
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+
+    def decoder(self) -> OmniChatDecoder | None:
+        """The model for the decode loop; None when chats cannot decode together."""
+        return self._decoder
+
+    def tokenize(self, job: ChatJob, *, stream: bool) -> TokenizedPrompt | None:
+        """The chat's prompt for the decode loop (CPU pool), or None when it must run alone:
+        speech wanted, audio to transcribe, or no decode loop for this model."""
+        family = self.family
+        if not isinstance(family, ChatLlmFamily) or job.speech.enabled:
+            return None
+        if any(isinstance(p, AudioPart) for m in job.messages for p in m.content):
+            return None
+        ids = family.prompt_ids(job.messages)
+        room = cap_new_tokens(len(ids), job.sampling.max_new_tokens, self.traits.max_context_tokens)
+        plan = dataclasses.replace(job.sampling, max_new_tokens=room)
+        return TokenizedPrompt(tuple(ids), plan, stream)
 
     @property
     def traits(self) -> FamilyTraits:
@@ -191,7 +250,10 @@ class OmniEngine(Engine):
         if features.voice_cloning:
             found.append("voice_cloning")
         if self.asr is not None:
+            found.append("transcribe")
             found.append(f"asr:{self.asr.name}")
+        if self.tts is not None:
+            found.append("synthesize")
         if self.tts is not None:
             found.append(f"tts:{self.tts.name}")
         return tuple(found)
@@ -416,6 +478,11 @@ class OmniEngine(Engine):
                 max_utterance_seconds=settings.session_max_turn_seconds,
             ),
         )
+
+
+@dataclass(frozen=True)
+class _Warm:
+    prompt: TokenizedPrompt | None
 
 
 def _drop(_: object) -> None:

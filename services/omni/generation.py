@@ -1,7 +1,8 @@
 """Pieces every transformers family shares around `generate()`: sampling arguments, a streamer
 that turns token ids into clean text deltas (the runtime's TextAssembler: never half a UTF-8
 character, never a stop string), and a stopping criterion that lets the job stop between
-tokens (cancel, deadline, barge-in)."""
+tokens (cancel, deadline, barge-in); and the decode-loop side of a plain causal LM, for text
+chats that decode together (iteration-level batching)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from services.omni.turns import FloatAudio
+from services.omni.turns import ChatResult, FloatAudio
+from services.runtime.chat.causal_lm import CausalLmDecoder
 from services.runtime.chat.decoding import TextAssembler
-from services.runtime.chat.messages import FinishReason
+from services.runtime.chat.messages import ChatOutput, FinishReason
 from services.runtime.chat.sampling import SamplingPlan
 
 
@@ -128,3 +130,20 @@ class HookStopping(StoppingCriteria):
             self.interrupted = True
         done = self.interrupted or self._streamer.stopped
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+# ---- decoding chats together (services.runtime.chat.continuous) -----------------------------
+
+
+class OmniChatDecoder(CausalLmDecoder):
+    """A chat LLM family's model in the decode loop; its rows end as omni chat results (text
+    only: spoken replies never join)."""
+
+    def result(self, prepared: Any, output: ChatOutput) -> ChatResult:
+        return ChatResult(
+            text=output.text,
+            finish_reason=output.finish_reason,
+            input_tokens=output.input_tokens,
+            output_tokens=output.output_tokens,
+            seed=output.seed,
+        )

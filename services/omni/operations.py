@@ -13,6 +13,7 @@ from services.omni.audio import PCM, AudioLimits, wav_bytes
 from services.omni.chat_stream import OmniChatStream
 from services.omni.config import OmniSettings
 from services.omni.engine import OmniEngine, VoiceChoice
+from services.omni.recording_ops import recording_handlers
 from services.omni.requests import (
     MediaPolicy,
     check_messages,
@@ -22,18 +23,21 @@ from services.omni.requests import (
 )
 from services.omni.session_ops import session_handlers
 from services.omni.session_runner import Mode
+from services.omni.speech_ops import fill_speech_info, speech_handlers
 from services.omni.turns import ChatJob, ChatResult, SpeechRequest
 from services.omni.voices import VOICE_PREFIX
 from services.runtime import job_protos
 from services.runtime.app import ServiceRuntime
+from services.runtime.chat.causal_lm import TokenizedPrompt
+from services.runtime.chat.continuous import DecodeLoop
 from services.runtime.chat.protos import finish_reason_proto, parse_sampling
 from services.runtime.chat.sampling import SamplingPlan
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError
-from services.runtime.executor import JobContext
+from services.runtime.executor import BatchSpec, JobContext, JoinSession, JoinSpec
 from services.runtime.operations import (
+    BatchedOperation,
     CallFacts,
     Inline,
-    Operation,
     OperationTable,
     StreamRenderer,
     Usage,
@@ -75,10 +79,15 @@ class PreparedChat:
     job: ChatJob
     voice: VoiceChoice
     stream: bool
+    # Set when the chat decodes together with others (text in, text out); None runs it alone.
+    prompt: TokenizedPrompt | None = None
 
 
-class ChatOperation(Operation[ChatCall, PreparedChat, ChatResult]):
-    """Chat and StreamChat."""
+class ChatOperation(BatchedOperation[ChatCall, PreparedChat, ChatResult]):
+    """Chat and StreamChat. With settings.batching on (the default) and a plain chat LLM, text
+    chats decode together: each joins the running decode batch at its next token and leaves it
+    when done (services.runtime.chat.continuous); spoken replies and chats with audio to
+    transcribe run alone, as every chat does with batching off."""
 
     kind = "chat"
 
@@ -100,7 +109,31 @@ class ChatOperation(Operation[ChatCall, PreparedChat, ChatResult]):
         messages = decode_messages(request.messages, self.policy)
         self.engine.check_inputs(messages)
         job = ChatJob(messages, request.sampling, request.speech)
-        return PreparedChat(job, request.voice, request.stream)
+        prompt = None
+        if self.settings.batching and self.engine.decoder() is not None:
+            prompt = self.engine.tokenize(job, stream=request.stream)
+        return PreparedChat(job, request.voice, request.stream, prompt)
+
+    def join_spec(self) -> JoinSpec | None:
+        if not self.settings.batching or self.engine.decoder() is None:
+            return None
+        return JoinSpec(self.settings.batch_max_size)
+
+    def run_joined(self, session: JoinSession) -> None:
+        decoder = self.engine.decoder()
+        assert decoder is not None
+        DecodeLoop(decoder).run(session)
+
+    def solo(self, prepared: PreparedChat) -> bool:
+        return prepared.prompt is None
+
+    def batch_spec(self) -> BatchSpec | None:
+        return None  # chats that cannot join run alone
+
+    def run_batch(
+        self, prepared: list[PreparedChat], contexts: list[JobContext]
+    ) -> list[ChatResult | Exception]:
+        return [self.run(one, ctx) for one, ctx in zip(prepared, contexts, strict=True)]
 
     def job_kind(self, prepared: PreparedChat) -> str:
         # A spoken reply takes far longer than a text one: its own kind gives it its own ETA.
@@ -131,7 +164,8 @@ class ChatOperation(Operation[ChatCall, PreparedChat, ChatResult]):
         return reply
 
     def stream_renderer(self, prepared: PreparedChat) -> StreamRenderer[ChatResult]:
-        return OmniChatStream(seed=prepared.job.sampling.seed)
+        input_tokens = len(prepared.prompt.ids) if prepared.prompt is not None else 0
+        return OmniChatStream(seed=prepared.job.sampling.seed, input_tokens=input_tokens)
 
 
 # ---- voices ---------------------------------------------------------------------------------
@@ -240,6 +274,10 @@ class GetModelInfo(Inline):
         reply.supports_image_input = features.image_input
         reply.output_sample_rate_hz = features.output_sample_rate
         reply.session_modes.extend(_MODE_ENUMS[Mode(mode)] for mode in features.session_modes)
+        reply.device_holding_session_modes.extend(
+            _MODE_ENUMS[Mode(mode)] for mode in features.device_holding_modes
+        )
+        fill_speech_info(reply, self.runtime.engine_as(OmniEngine))
         return reply
 
 
@@ -255,4 +293,6 @@ def operations(runtime: ServiceRuntime) -> OperationTable:
         "ListVoices": ListVoices(runtime, policy),
         "DeleteVoice": DeleteVoice(runtime, policy),
         "GetModelInfo": GetModelInfo(runtime),
+        **recording_handlers(runtime),
+        **speech_handlers(runtime, policy),
     }

@@ -1,5 +1,5 @@
-"""mmserve.omni.v1 live-session RPCs: answered on the loop (the session itself is one executor
-job that SessionManager keeps), so each is an Inline handler, and StreamSessionEvents an
+"""mmserve.omni.v1 live-session RPCs: answered on the loop (a session queues one executor job per
+turn, which SessionManager keeps), so each is an Inline handler, and StreamSessionEvents an
 InlineStream over the session's event buffer."""
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ _MODES = {
     omni_pb2.SESSION_MODE_AUDIO_DUPLEX: Mode.AUDIO_DUPLEX,
     omni_pb2.SESSION_MODE_OMNI_DUPLEX: Mode.OMNI_DUPLEX,
 }
+# The proto's mode for each session mode (recordings name their mode by value).
+MODE_ENUMS = {mode.value: enum for enum, mode in _MODES.items() if enum}
 DEFAULT_INPUT_RATE = 16000
 
 
@@ -111,6 +113,7 @@ class OpenSession(SessionHandler):
             session_id=session.session_id,
             pause_timeout_seconds=self.settings.session_pause_timeout_seconds,
             idle_timeout_seconds=self.settings.session_idle_timeout_seconds,
+            orphan_timeout_seconds=self.settings.session_orphan_timeout_seconds,
             output_sample_rate_hz=features.output_sample_rate if speech.enabled else 0,
         )
 
@@ -130,7 +133,7 @@ class PushSessionInput(SessionHandler):
         async with session.push_lock:
             if self.sessions.check_sequence(session, message.sequence):
                 item = await self._input(session, message)
-                self.sessions.push(session, message.sequence, item, message.end_of_turn)
+                await self.sessions.push(session, message.sequence, item, message.end_of_turn)
         return omni_pb2.PushSessionInputResponse(
             acked_sequence=max(0, session.acked), state=STATES[session.state]
         )

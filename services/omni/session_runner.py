@@ -1,33 +1,25 @@
-"""The device side of a live session: one executor job that holds the model for the session's
-whole life (as the system we replace does) and loops over the client's input.
+"""The device side of a live session: one executor job per user turn (`TurnRunner.run`), so the
+device is free between turns for other sessions and Chat calls.
 
-Modes:
-- CHAT: input accumulates until the client marks end_of_turn; then the model answers.
-- HALF_DUPLEX: Silero VAD finds the end of the user's speech and the model answers; audio that
-  arrives while it answers is dropped (it does not listen while it speaks).
-- AUDIO_DUPLEX / OMNI_DUPLEX: the VAD keeps listening while the model answers and while its
-  speech would still be playing on the client (the reply's audio length, in real time, from the
-  first chunk): user speech then interrupts the reply (barge-in, finish CANCELLED) and becomes
-  the next turn. OMNI_DUPLEX also takes video frames; the latest one goes with the user's turn.
-  None of the families here decides listen/speak natively, so VAD makes that decision.
+A turn job transcribes the user's audio when the model cannot hear (the transcript event comes
+first; an empty transcript, noise, costs no reply), then generates the reply with the session's
+history, streaming text and speech through `ctx.emit`. The conversation (and, for chat LLMs and
+the Qwen-Omni thinkers, its KV cache) stays in the runner between turns; the session never runs
+two turns at once, so only one device job touches it at a time.
 
-The conversation (and, for chat LLMs and the Qwen-Omni thinkers, its KV cache) is kept across
-turns. Input arrives through
-a thread-safe queue from the loop; events leave through `ctx.emit`.
+The listening side (voice activity detection, gathering the user's turn, barge-in) runs off the
+device: see `session_listener`.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 from services.omni.engine import OmniEngine, VoiceChoice
@@ -41,7 +33,6 @@ from services.omni.turns import (
     FloatAudio,
     SpeechRequest,
 )
-from services.omni.vad import VadEvent, VadUpdate, VoiceActivityDetector
 from services.runtime.chat.messages import (
     ContentPart,
     FinishReason,
@@ -56,8 +47,6 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.executor import JobContext
 
 log = logging.getLogger("mmserve.omni")
-
-_POLL_SECONDS = 0.05
 
 
 class Mode(enum.StrEnum):
@@ -80,7 +69,7 @@ class Activity(enum.StrEnum):
     RESPONDING = "responding"
 
 
-# ---- input (loop -> device) -------------------------------------------------------------------
+# ---- input (loop -> listener) -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -106,7 +95,16 @@ class EndOfTurn:
 SessionInput = AudioIn | ImageIn | TextIn | EndOfTurn
 
 
-# ---- events (device -> loop, through ctx.emit) ------------------------------------------------
+@dataclass(frozen=True)
+class UserTurn:
+    """What the user said and showed in one turn, ready for a turn job."""
+
+    texts: tuple[str, ...] = ()
+    images: tuple[Image.Image, ...] = ()
+    audio: FloatAudio | None = None
+
+
+# ---- events (device -> loop, through ctx.emit; the manager adds its own) ----------------------
 
 
 @dataclass(frozen=True)
@@ -159,138 +157,84 @@ class SessionSpec:
     recorder: SessionRecorder | None = None
 
 
-@dataclass
-class _Turn:
-    """The user's turn being gathered."""
+@dataclass(frozen=True)
+class TurnOutcome:
+    """How a turn job ended; the manager finishes the turn (play-out, TurnDone) from it."""
 
-    audio: list[FloatAudio] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    images: list[Image.Image] = field(default_factory=list)
+    replied: bool  # False: nothing was recognized, no reply was made
+    finish: FinishReason = FinishReason.STOP
+    input_tokens: int = 0
+    output_tokens: int = 0
+    run_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    first_audio: float | None = None  # time.monotonic() of the first speech chunk
 
-    def empty(self) -> bool:
-        return not (self.audio or self.texts or self.images)
 
-
-class SessionRunner:
-    def __init__(self, engine: OmniEngine, spec: SessionSpec, inbox: queue.Queue[Any]) -> None:
+class TurnRunner:
+    def __init__(self, engine: OmniEngine, spec: SessionSpec) -> None:
         self._engine = engine
         self._spec = spec
-        self._inbox = inbox
-        self._vad: VoiceActivityDetector | None = engine.new_vad() if spec.mode.uses_vad else None
         self._history: list[Message] = []
         if spec.system_prompt:
             self._history.append(Message(Role.SYSTEM, (TextPart(spec.system_prompt),)))
         self._conversation = ConversationState()
-        self._turn = 0
-        self._pending = _Turn()
-        self._frame: Image.Image | None = None  # OMNI_DUPLEX: the latest video frame
-        self._deferred: list[VadUpdate] = []  # VAD results seen while replying
-        self._ctx: JobContext | None = None
-        self.started = False
-        self.done = threading.Event()  # set once the runner has let go (recording written)
+        # Set while no turn function runs on the device (a cancelled job's function may still
+        # be winding down after its handle failed): a recording is closed only then.
+        self.idle = threading.Event()
+        self.idle.set()
 
     # ---- the job ------------------------------------------------------------------------
 
-    def run(self, ctx: JobContext) -> int:
-        """Loops until the session's job is cancelled (close, timeout, drain); returns turns."""
-        self._ctx = ctx
-        self.started = True
+    def run(self, ctx: JobContext, turn: int, user: UserTurn, stop: threading.Event) -> TurnOutcome:
+        """One user turn on the device: `stop` set means the user barged in (stop replying)."""
+        self.idle.clear()
         try:
-            self._emit(ActivityChanged(self._turn, Activity.LISTENING, "session started"))
-            while True:
-                ctx.check()
-                try:
-                    item = self._inbox.get(timeout=_POLL_SECONDS)
-                except queue.Empty:
-                    continue
-                self._handle(item)
+            return self._run(ctx, turn, user, stop)
         finally:
-            if self._spec.recorder is not None:
-                self._spec.recorder.close(turns=self._turn, mode=self._spec.mode.value)
-            self.done.set()
+            self.idle.set()
 
-    def _emit(self, event: SessionEvent) -> None:
-        assert self._ctx is not None
-        self._ctx.emit(event)
-
-    def _handle(self, item: SessionInput) -> None:
-        if isinstance(item, AudioIn):
-            self._record_input(item.samples)
-            if self._vad is None:
-                self._pending.audio.append(item.samples)
-            else:
-                for update in self._vad.feed(item.samples):
-                    self._on_vad(update)
-        elif isinstance(item, ImageIn):
-            if self._spec.mode is Mode.OMNI_DUPLEX:
-                self._frame = item.image
-            elif len(self._pending.images) < self._spec.max_images:
-                self._pending.images.append(item.image)
-        elif isinstance(item, TextIn):
-            self._pending.texts.append(item.text)
-        elif isinstance(item, EndOfTurn):
-            if self._vad is not None:
-                speech = self._vad.take_speech()
-                if speech is not None:
-                    self._pending.audio.append(speech)
-            self._user_turn()
-
-    def _on_vad(self, update: VadUpdate) -> None:
-        self._emit(ActivityChanged(self._turn, Activity.LISTENING, f"vad: {update.event.value}"))
-        if update.event is VadEvent.SPEECH_ENDED and update.utterance is not None:
-            self._pending.audio.append(update.utterance)
-            self._user_turn()
-
-    def _record_input(self, samples: FloatAudio) -> None:
-        if self._spec.recorder is not None:
-            self._spec.recorder.add_input(samples)
-
-    # ---- one turn -------------------------------------------------------------------------
-
-    def _user_turn(self) -> None:
-        turn, self._pending = self._pending, _Turn()
-        if turn.empty():
-            return
-        parts: list[ContentPart] = [TextPart(text) for text in turn.texts]
-        images = turn.images or ([self._frame] if self._frame is not None else [])
-        parts += [ImagePart(image) for image in images]
-        if turn.audio:
-            parts.append(AudioPart(np.concatenate(turn.audio)))
-        heard: list[str] = []
-        message = Message(Role.USER, tuple(parts))
-        if turn.audio and not self._engine.traits.audio_input:
-            # Transcribe here (not inside respond) so the transcript event comes first and an
-            # empty transcript (noise) costs no reply.
-            message = self._engine_transcribed(message, heard)
-            if not message.text().strip():
-                self._emit(ActivityChanged(self._turn, Activity.LISTENING, "nothing recognized"))
-                return
-        self._reply(message)
-
-    def _engine_transcribed(self, message: Message, heard: list[str]) -> Message:
-        texts = []
-        for part in message.content:
-            if isinstance(part, AudioPart):
-                text = self._engine.transcribe(part.samples)
-                heard.append(text)
-                self._emit(Heard(self._turn, text, True))
-                self._line("user", text)
-                texts.append(text)
-            elif isinstance(part, TextPart):
-                texts.append(part.text)
-        others = tuple(p for p in message.content if isinstance(p, ImagePart))
-        joined = " ".join(t.strip() for t in texts if t.strip())
-        return Message(Role.USER, (TextPart(joined), *others))
-
-    def _line(self, role: str, text: str) -> None:
-        if self._spec.recorder is not None:
-            self._spec.recorder.add_line(self._turn, role, text)
-
-    def _reply(self, message: Message) -> None:
-        turn = self._turn
-        self._history.append(message)
-        self._emit(ActivityChanged(turn, Activity.RESPONDING, "replying"))
+    def _run(
+        self, ctx: JobContext, turn: int, user: UserTurn, stop: threading.Event
+    ) -> TurnOutcome:
         started = time.monotonic()
+        texts = [t.strip() for t in user.texts if t.strip()]
+        audio: list[ContentPart] = []
+        if user.audio is not None:
+            if self._engine.traits.audio_input:
+                audio.append(AudioPart(user.audio))
+            else:
+                # Transcribed here (not inside respond) so the transcript event comes first.
+                heard = self._engine.transcribe(user.audio)
+                ctx.emit(Heard(turn, heard, True))
+                if heard.strip():
+                    texts.append(heard.strip())
+        if not self._engine.traits.audio_input and len(texts) > 1:
+            texts = [" ".join(texts)]
+        if texts:
+            self._line(turn, "user", " ".join(texts))
+        if not texts and not audio:
+            ctx.emit(ActivityChanged(turn, Activity.LISTENING, "nothing recognized"))
+            return TurnOutcome(replied=False, run_seconds=time.monotonic() - started)
+        parts: list[ContentPart] = [TextPart(text) for text in texts]
+        parts += [ImagePart(image) for image in user.images]
+        parts += audio
+        ctx.check()
+        return self._reply(ctx, turn, Message(Role.USER, tuple(parts)), stop, started)
+
+    def _line(self, turn: int, role: str, text: str) -> None:
+        if self._spec.recorder is not None:
+            self._spec.recorder.add_line(turn, role, text)
+
+    def _reply(
+        self,
+        ctx: JobContext,
+        turn: int,
+        message: Message,
+        stop: threading.Event,
+        started: float,
+    ) -> TurnOutcome:
+        self._history.append(message)
+        ctx.emit(ActivityChanged(turn, Activity.RESPONDING, "replying"))
         first_audio: list[float] = []
 
         def on_audio(chunk: AudioOut) -> None:
@@ -298,33 +242,33 @@ class SessionRunner:
                 first_audio.append(time.monotonic())
             if self._spec.recorder is not None:
                 self._spec.recorder.add_output(chunk.pcm)
-            self._emit(ReplyAudio(turn, chunk))
+            ctx.emit(ReplyAudio(turn, chunk))
 
-        result = self._generate(
-            lambda delta: self._emit(ReplyText(turn, delta)), on_audio, self._listening_check
-        )
-        finish = result.finish_reason
-        if finish is not FinishReason.CANCELLED and self._spec.mode.duplex and first_audio:
-            finish = self._play_out(first_audio[0] + result.audio_seconds)
-        self._history.append(Message(Role.ASSISTANT, (TextPart(result.text),)))
-        self._line("assistant", result.text)
-        self._emit(
-            TurnDone(
-                turn,
-                finish,
-                result.input_tokens,
-                result.output_tokens,
-                time.monotonic() - started,
+        def should_stop() -> bool:
+            ctx.check()  # raises once the session closes
+            return stop.is_set()
+
+        try:
+            result = self._generate(
+                lambda delta: ctx.emit(ReplyText(turn, delta)), on_audio, should_stop
             )
+        except BaseException:
+            # A failed or cancelled turn leaves no unanswered question in the history.
+            if self._history and self._history[-1] is message:
+                self._history.pop()
+            self._conversation = ConversationState()
+            raise
+        self._history.append(Message(Role.ASSISTANT, (TextPart(result.text),)))
+        self._line(turn, "assistant", result.text)
+        return TurnOutcome(
+            replied=True,
+            finish=result.finish_reason,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            run_seconds=time.monotonic() - started,
+            audio_seconds=result.audio_seconds,
+            first_audio=first_audio[0] if first_audio else None,
         )
-        self._turn += 1
-        reason = "barge-in" if finish is FinishReason.CANCELLED else "turn completed"
-        self._emit(ActivityChanged(self._turn, Activity.LISTENING, reason))
-        if self._spec.mode is Mode.HALF_DUPLEX:
-            self._drop_audio_heard_while_speaking()
-        for update in self._deferred:
-            self._on_vad(update)
-        self._deferred = []
 
     def _generate(
         self,
@@ -350,60 +294,3 @@ class SessionRunner:
                     raise
                 del self._history[first : first + 2]
                 self._conversation = ConversationState()
-
-    def _listening_check(self) -> bool:
-        """Called between tokens and sentences: cancels the job when asked; in duplex modes
-        also listens, and reports a barge-in when the user starts speaking."""
-        assert self._ctx is not None
-        self._ctx.check()
-        if not self._spec.mode.duplex:
-            return False
-        return self._listen_now()
-
-    def _listen_now(self) -> bool:
-        """Takes the input that arrived so far (without waiting); True on user speech."""
-        barge_in = False
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return barge_in
-            if isinstance(item, AudioIn):
-                assert self._vad is not None
-                self._record_input(item.samples)
-                for update in self._vad.feed(item.samples):
-                    if update.event is VadEvent.SPEECH_STARTED and not barge_in:
-                        barge_in = True
-                        continue
-                    self._deferred.append(update)
-            elif isinstance(item, ImageIn):
-                self._frame = item.image
-            elif isinstance(item, TextIn):
-                self._pending.texts.append(item.text)
-            # end_of_turn while the model speaks: nothing to end yet
-
-    def _play_out(self, ends_at: float) -> FinishReason:
-        """Duplex: the client still plays the reply until `ends_at`; speech meanwhile barges in."""
-        assert self._ctx is not None
-        while time.monotonic() < ends_at:
-            self._ctx.check()
-            if self._listen_now():
-                return FinishReason.CANCELLED
-            time.sleep(min(_POLL_SECONDS, max(0.0, ends_at - time.monotonic())))
-        return FinishReason.STOP
-
-    def _drop_audio_heard_while_speaking(self) -> None:
-        kept: list[SessionInput] = []
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, AudioIn):
-                self._record_input(item.samples)
-            else:
-                kept.append(item)
-        for item in kept:
-            self._inbox.put(item)
-        if self._vad is not None:
-            self._vad.reset()

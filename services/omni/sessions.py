@@ -1,11 +1,14 @@
 """The loop side of live sessions: opening (max sessions), input with sequence numbers, the one
-event stream per session, pause/resume/close, and the pause, idle and max-duration timeouts.
+event stream per session, the turns, pause/resume/close, and the pause, idle, orphan and
+max-duration timeouts.
 
-Each session is one executor job (`SessionRunner.run`) submitted at open: it waits in the FIFO
-like any job (its readers get queue position and ETA, estimated per session kind) and holds the
-device until the session ends. A pump task turns the job's events into session events, kept in
-a bounded buffer until a reader takes them. Closing cancels the job; the runner stops at its
-next poll. Closed sessions are remembered for a while so late calls learn why they ended.
+A session takes the device only while it computes: pushed input goes through the session's
+`Listener` (VAD on the CPU pool) and each complete user turn becomes one executor job
+(`TurnRunner.run`), queued like any job, so Chat calls and other sessions run between turns.
+A turn that waits reports its queue position and ETA in the session's events; a session runs
+its turns one at a time, in order. Events (the jobs' outputs and the manager's own) wait in a
+bounded buffer until a reader takes them. Closed sessions are remembered for a while so late
+calls learn why they ended.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import asyncio
 import collections
 import contextlib
 import enum
+import functools
 import logging
-import queue
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,33 +29,39 @@ from typing import Any
 from services.omni.config import OmniSettings
 from services.omni.engine import OmniEngine
 from services.omni.recordings import SessionRecorder, prune_recordings
+from services.omni.session_listener import BargeIn, Listener, ListenerAction, TurnReady, VadNote
 from services.omni.session_runner import (
     Activity,
     ActivityChanged,
-    EndOfTurn,
     Mode,
     SessionEvent,
     SessionInput,
-    SessionRunner,
     SessionSpec,
     TurnDone,
+    TurnOutcome,
+    TurnRunner,
+    UserTurn,
 )
-from services.runtime.app import Accepted, ModelState, ServiceRuntime
-from services.runtime.errors import (
-    FailedPrecondition,
-    JobCancelled,
-    NotFound,
-    ResourceExhausted,
-    ServingError,
+from services.runtime.app import ModelState, ServiceRuntime
+from services.runtime.chat.messages import FinishReason
+from services.runtime.errors import FailedPrecondition, NotFound, ResourceExhausted, ServingError
+from services.runtime.executor import (
+    JobFailed,
+    JobFinished,
+    JobHandle,
+    JobOutput,
+    JobQueued,
+    JobStarted,
 )
-from services.runtime.executor import JobFinished, JobOutput, JobQueued
 
 log = logging.getLogger("mmserve.omni")
 
 _WATCHDOG_SECONDS = 0.25
 _TOMBSTONE_SECONDS = 600.0
-_MAX_PENDING_INPUTS = 2000
 _SETTLE_SECONDS = 10.0
+# A turn whose job has not started this long after it was queued reports its queue position:
+# a job that starts at once (the device was free) is not worth a queue event.
+_QUEUE_NOTE_SECONDS = 0.05
 
 
 class State(enum.Enum):
@@ -84,15 +94,26 @@ OutEvent = StateEvent | QueueEvent | HeartbeatEvent | SessionEvent
 
 
 @dataclass
+class _Turn:
+    """The turn job in flight: its handle, and the barge-in flags (device and loop side)."""
+
+    number: int
+    handle: JobHandle | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    barged: asyncio.Event = field(default_factory=asyncio.Event)
+    queue_timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
 class Session:
     spec: SessionSpec
-    kind: str
+    kind: str  # the job kind of its turns
     # The API key id that opened it ("" with auth off): only that key may use it.
     owner: str = ""
     opened: float = field(default_factory=time.monotonic)
     state: State = State.LISTENING
     activity: Activity = Activity.LISTENING
-    queued: QueueEvent | None = None  # set while the session waits for the device
+    queued: QueueEvent | None = None  # set while a turn waits for the device
     acked: int = -1
     turn: int = 0
     last_input: float = field(default_factory=time.monotonic)
@@ -100,13 +121,14 @@ class Session:
     readers: int = 0
     reader_token: int = 0
     close_reason: str = ""
-    inbox: queue.Queue[SessionInput] = field(default_factory=queue.Queue)
     events: collections.deque[tuple[int, OutEvent]] = field(default_factory=collections.deque)
     event_ready: asyncio.Event = field(default_factory=asyncio.Event)
     push_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pump: asyncio.Task[None] | None = None
-    job_stream: Any = None
-    runner: SessionRunner | None = None
+    listener: Listener | None = None
+    runner: TurnRunner | None = None
+    ready: collections.deque[UserTurn] = field(default_factory=collections.deque)
+    worker: asyncio.Task[None] | None = None
+    current: _Turn | None = None
     max_events: int = 4096
     input_rate: int = 16000
 
@@ -117,6 +139,11 @@ class Session:
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
+
+    @property
+    def busy(self) -> bool:
+        """A turn is queued or running (or waits for the one before it)."""
+        return self.current is not None or bool(self.ready)
 
     def post(self, turn: int, event: OutEvent) -> None:
         if len(self.events) >= self.max_events:
@@ -149,89 +176,46 @@ class SessionManager:
         input_rate: int,
         owner: str = "",
     ) -> Session:
-        """Opens a session for `owner` (the caller's key id) and queues its job;
-        RESOURCE_EXHAUSTED beyond max_sessions."""
+        """Opens a session for `owner` (the caller's key id); RESOURCE_EXHAUSTED beyond
+        max_sessions. Nothing is queued until the first user turn is complete."""
         self._runtime.ensure_ready()
         if len(self._sessions) >= self._settings.max_sessions:
             raise ResourceExhausted(
                 f"{len(self._sessions)} sessions are open, the limit is "
                 f"{self._settings.max_sessions}; retry when one closes",
-                self._runtime.executor.eta_for_kind(f"session_{mode.value}"),
+                1.0,
             )
         session_id = str(uuid.uuid4())
         recorder = None
         if record:
-            recorder = await self._runtime.run_cpu(self._new_recorder, session_id, mode)
+            recorder = await self._runtime.run_cpu(self._new_recorder, session_id, mode, owner)
         spec = SessionSpec(session_id=session_id, mode=mode, recorder=recorder, **spec_args)
         session = Session(
             spec=spec,
-            kind=f"session_{mode.value}",
+            kind="session_turn_speech" if spec.speech.enabled else "session_turn",
             owner=owner,
             max_events=self._settings.session_event_buffer,
             input_rate=input_rate,
         )
-        runner = SessionRunner(self._engine, spec, session.inbox)
-        session.runner = runner
-        stream = self._runtime.stream_job(None, session.kind, runner.run)
-        try:
-            first = await anext(stream)  # submits: queue full or draining raise here
-        except BaseException:
-            if recorder is not None:
-                recorder.close(turns=0, error="not started")
-            raise
-        if isinstance(first, tuple) and isinstance(first[1], Accepted):
-            queued = first[1].queued
-            if queued.position > 0:
-                session.queued = QueueEvent(
-                    queued.position, queued.queue_length, queued.eta_seconds
-                )
-                session.post(0, session.queued)
-        session.job_stream = stream
+        vad = self._engine.new_vad() if mode.uses_vad else None
+        session.listener = Listener(mode, vad, spec.max_images, recorder)
+        session.runner = TurnRunner(self._engine, spec)
         self._sessions[session_id] = session
-        session.pump = asyncio.create_task(self._pump(session), name=f"session-{session_id}")
+        self._on_output(session, ActivityChanged(0, Activity.LISTENING, "session started"))
         self._ensure_watchdog()
         log.info("session %s opened (%s)", session_id, mode.value)
         return session
 
-    def _new_recorder(self, session_id: str, mode: Mode) -> SessionRecorder:
+    def _new_recorder(self, session_id: str, mode: Mode, owner: str) -> SessionRecorder:
         settings = self._settings
         root = settings.data_dir / "recordings"
         prune_recordings(root, settings.recordings_max_count - 1, settings.recordings_max_age_days)
         rate = self._engine.features().output_sample_rate
-        return SessionRecorder(settings.data_dir, session_id, rate, {"mode": mode.value})
-
-    async def _pump(self, session: Session) -> None:
-        """Moves the session job's events into the session's buffer; closes it at the end."""
-        reason = "session ended"
-        try:
-            async for _, event in session.job_stream:
-                if isinstance(event, JobQueued):
-                    session.queued = QueueEvent(
-                        event.position, event.queue_length, event.eta_seconds
-                    )
-                    session.post(session.turn, session.queued)
-                elif isinstance(event, JobOutput):
-                    self._on_output(session, event.payload)
-                elif isinstance(event, JobFinished):
-                    break
-        except JobCancelled as exc:
-            reason = session.close_reason or exc.message
-        except ServingError as exc:
-            reason = session.close_reason or exc.message
-        except asyncio.CancelledError:
-            reason = session.close_reason or "server stopping"
-        except Exception as exc:
-            log.exception("session %s failed", session.session_id)
-            reason = f"internal error: {type(exc).__name__}"
-        finally:
-            with contextlib.suppress(Exception):
-                await session.job_stream.aclose()
-            self._finish(session, session.close_reason or reason)
+        meta = {"mode": mode.value, "owner": owner}
+        return SessionRecorder(settings.data_dir, session_id, rate, meta)
 
     def _on_output(self, session: Session, payload: SessionEvent) -> None:
-        if session.queued is not None:
-            session.queued = None  # the first output means the job runs
-        session.turn = payload.turn
+        session.turn = max(session.turn, payload.turn)
         if isinstance(payload, ActivityChanged):
             session.activity = payload.activity
             if session.state is not State.PAUSED:
@@ -241,43 +225,45 @@ class SessionManager:
                 session.post(payload.turn, StateEvent(state, payload.reason))
             return
         if isinstance(payload, TurnDone):
-            # The runner announces LISTENING right after this; a pause taken in between must
-            # resume to listening, not to the finished reply.
+            # LISTENING is announced right after this; a pause taken in between must resume
+            # to listening, not to the finished reply.
             session.activity = Activity.LISTENING
         session.post(payload.turn, payload)
 
-    # ---- lookups and calls ----------------------------------------------------------------
+    # ---- input ----------------------------------------------------------------------------
 
-    def get(self, session_id: str, owner: str = "") -> Session:
-        """The open session `session_id` of `owner`. Another key's session, open or closed, is
-        NOT_FOUND exactly like an unknown id: a leaked or guessed id gives no access and does
-        not even confirm that the session exists."""
-        session = self._sessions.get(session_id)
-        if session is not None and session.owner == owner:
-            return session
-        gone = self._closed.get(session_id)
-        if session is None and gone is not None and gone[4] == owner:
-            raise FailedPrecondition(f"session {session_id} is closed: {gone[1]}")
-        raise NotFound(f"session {session_id} not found")
-
-    def closed_info(self, session_id: str, owner: str = "") -> tuple[str, int, str] | None:
-        gone = self._closed.get(session_id)
-        if gone is None or gone[4] != owner:
-            return None
-        return gone[1], gone[2], gone[3]
-
-    def push(self, session: Session, sequence: int, item: SessionInput | None, end: bool) -> None:
-        """Takes one chunk (after decoding, under the session's push lock)."""
+    async def push(
+        self, session: Session, sequence: int, item: SessionInput | None, end: bool
+    ) -> None:
+        """Takes one chunk (after decoding, under the session's push lock): VAD runs on the
+        CPU pool; a complete user turn is queued."""
         if session.closed:
             raise FailedPrecondition(f"session {session.session_id} is closed")
-        if session.inbox.qsize() >= _MAX_PENDING_INPUTS:
-            raise ResourceExhausted("the session has too much unprocessed input", 1.0)
-        if item is not None:
-            session.inbox.put(item)
-        if end:
-            session.inbox.put(EndOfTurn())
+        listener = session.listener
+        assert listener is not None
+        actions = await self._runtime.run_cpu(listener.feed, item, end)
         session.acked = sequence
         session.last_input = time.monotonic()
+        self._act(session, actions)
+
+    def _act(self, session: Session, actions: list[ListenerAction]) -> None:
+        for action in actions:
+            if session.closed:
+                return
+            if isinstance(action, VadNote):
+                self._on_output(
+                    session, ActivityChanged(session.turn, Activity.LISTENING, action.reason)
+                )
+            elif isinstance(action, BargeIn):
+                if session.current is not None:
+                    session.current.stop.set()
+                    session.current.barged.set()
+            elif isinstance(action, TurnReady):
+                session.ready.append(action.user)
+                if session.worker is None or session.worker.done():
+                    session.worker = asyncio.create_task(
+                        self._turns(session), name=f"session-{session.session_id}"
+                    )
 
     def touch(self, session: Session) -> None:
         session.last_input = time.monotonic()
@@ -297,6 +283,146 @@ class SessionManager:
             )
         return True
 
+    # ---- turns ----------------------------------------------------------------------------
+
+    async def _turns(self, session: Session) -> None:
+        """Runs the session's complete user turns one after another."""
+        while session.ready and not session.closed:
+            user = session.ready.popleft()
+            turn = _Turn(session.turn)
+            session.current = turn
+            try:
+                outcome = await self._run_turn(session, turn, user)
+                if outcome is not None and outcome.replied and not session.closed:
+                    await self._finish_turn(session, turn, outcome)
+            finally:
+                self._end_job(session)
+            if session.closed:
+                return
+            session.last_input = time.monotonic()  # a turn is activity (idle timeout)
+            async with session.push_lock:
+                listener = session.listener
+                assert listener is not None
+                actions = listener.reply_ended()
+                if session.ready:
+                    listener.replying = True
+                self._act(session, actions)
+
+    async def _run_turn(self, session: Session, turn: _Turn, user: UserTurn) -> TurnOutcome | None:
+        """Queues the turn's job and relays its events; None when it did not complete."""
+        runner = session.runner
+        assert runner is not None
+        work = functools.partial(runner.run, turn=turn.number, user=user, stop=turn.stop)
+        try:
+            turn.handle = self._runtime.executor.submit(session.kind, work, owner=session.owner)
+        except ServingError as exc:
+            self._on_output(
+                session,
+                ActivityChanged(turn.number, Activity.LISTENING, f"turn dropped: {exc.message}"),
+            )
+            return None
+        async for event in turn.handle.events():
+            if isinstance(event, JobQueued):
+                self._queued(session, turn, event)
+            elif isinstance(event, JobStarted):
+                self._started(session, turn)
+            elif isinstance(event, JobOutput):
+                self._on_output(session, event.payload)
+            elif isinstance(event, JobFinished):
+                outcome: TurnOutcome = event.result
+                return outcome
+            elif isinstance(event, JobFailed):
+                self._started(session, turn)
+                if not session.closed:
+                    log.warning("session %s turn failed: %s", session.session_id, event.error)
+                    reason = getattr(event.error, "message", type(event.error).__name__)
+                    self._on_output(
+                        session,
+                        ActivityChanged(turn.number, Activity.LISTENING, f"turn failed: {reason}"),
+                    )
+                return None
+        return None
+
+    def _queued(self, session: Session, turn: _Turn, event: JobQueued) -> None:
+        note = QueueEvent(event.position, event.queue_length, event.eta_seconds)
+        posted = session.queued is not None and turn.queue_timer is None
+        session.queued = note
+        if posted:
+            session.post(turn.number, note)  # a new position while the turn waits
+        elif turn.queue_timer is None:
+            loop = asyncio.get_running_loop()
+            turn.queue_timer = loop.call_later(
+                _QUEUE_NOTE_SECONDS, self._post_queued, session, turn
+            )
+
+    def _post_queued(self, session: Session, turn: _Turn) -> None:
+        turn.queue_timer = None
+        if session.current is turn and session.queued is not None and not session.closed:
+            session.post(turn.number, session.queued)
+
+    def _started(self, session: Session, turn: _Turn) -> None:
+        session.queued = None
+        if turn.queue_timer is not None:
+            turn.queue_timer.cancel()
+            turn.queue_timer = None
+
+    def _end_job(self, session: Session) -> None:
+        turn = session.current
+        if turn is not None:
+            self._started(session, turn)
+            if turn.handle is not None:
+                turn.handle.cancel("session closed")  # no-op once the job ended
+        session.current = None
+
+    async def _finish_turn(self, session: Session, turn: _Turn, outcome: TurnOutcome) -> None:
+        """Duplex: the client still plays the reply until its speech ends; user speech
+        meanwhile barges in. Then the turn is done and the session listens again."""
+        finish = outcome.finish
+        if (
+            finish is not FinishReason.CANCELLED
+            and session.spec.mode.duplex
+            and outcome.first_audio is not None
+        ):
+            remaining = outcome.first_audio + outcome.audio_seconds - time.monotonic()
+            if remaining > 0 and not turn.barged.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await turn.barged.wait()
+            if turn.barged.is_set():
+                finish = FinishReason.CANCELLED
+        self._on_output(
+            session,
+            TurnDone(
+                turn.number,
+                finish,
+                outcome.input_tokens,
+                outcome.output_tokens,
+                outcome.run_seconds,
+            ),
+        )
+        reason = "barge-in" if finish is FinishReason.CANCELLED else "turn completed"
+        self._on_output(session, ActivityChanged(turn.number + 1, Activity.LISTENING, reason))
+
+    # ---- lookups, pause, close ------------------------------------------------------------
+
+    def get(self, session_id: str, owner: str = "") -> Session:
+        """The open session `session_id` of `owner`. Another key's session, open or closed, is
+        NOT_FOUND exactly like an unknown id: a leaked or guessed id gives no access and does
+        not even confirm that the session exists."""
+        session = self._sessions.get(session_id)
+        if session is not None and session.owner == owner:
+            return session
+        gone = self._closed.get(session_id)
+        if session is None and gone is not None and gone[4] == owner:
+            raise FailedPrecondition(f"session {session_id} is closed: {gone[1]}")
+        raise NotFound(f"session {session_id} not found")
+
+    def closed_info(self, session_id: str, owner: str = "") -> tuple[str, int, str] | None:
+        gone = self._closed.get(session_id)
+        if gone is None or gone[4] != owner:
+            return None
+        return gone[1], gone[2], gone[3]
+
     def pause(self, session: Session) -> State:
         if session.state is not State.PAUSED:
             session.state = State.PAUSED
@@ -313,31 +439,36 @@ class SessionManager:
         return session.state
 
     async def close(self, session: Session, reason: str) -> None:
-        """Ends the session: its job is cancelled (queued or running) and its stream ends."""
+        """Ends the session: its turn job is cancelled (queued or running), its stream ends,
+        and its recording is complete when this returns."""
         if not session.close_reason:
             session.close_reason = reason
-        if session.pump is not None and not session.pump.done():
-            session.pump.cancel()  # the pump closes the job stream, which cancels the job
+        self._finish(session, reason)
+        worker = session.worker
+        if worker is not None and not worker.done() and worker is not asyncio.current_task():
+            worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await session.pump
-        else:
-            self._finish(session, reason)
+                await worker
+        self._end_job(session)
         await self._settle_recording(session)
 
     async def _settle_recording(self, session: Session) -> None:
-        """A recording is complete when CloseSession returns: wait (bounded) for the runner to
-        let go, or close it here when the session never reached the device."""
+        """Closes the recording once no turn function writes to it (bounded wait) and no push
+        feeds it."""
         recorder, runner = session.spec.recorder, session.runner
-        if recorder is None or runner is None:
+        if recorder is None:
             return
-        if runner.started:
-            await asyncio.to_thread(runner.done.wait, _SETTLE_SECONDS)
-        else:
-            await self._runtime.run_cpu(recorder.close)
+        if runner is not None and not runner.idle.is_set():
+            await asyncio.to_thread(runner.idle.wait, _SETTLE_SECONDS)
+        async with session.push_lock:
+            await self._runtime.run_cpu(
+                functools.partial(recorder.close, turns=session.turn, mode=session.spec.mode.value)
+            )
 
     def _finish(self, session: Session, reason: str) -> None:
         if session.closed:
             return
+        turns = session.turn + (1 if session.activity is Activity.RESPONDING else 0)
         session.state = State.CLOSED
         session.close_reason = session.close_reason or reason
         recording = session.spec.recorder.relative_path if session.spec.recorder else ""
@@ -345,7 +476,7 @@ class SessionManager:
         self._closed[session.session_id] = (
             time.monotonic(),
             session.close_reason,
-            session.turn + (1 if session.activity is Activity.RESPONDING else 0),
+            turns,
             recording,
             session.owner,
         )
@@ -397,28 +528,33 @@ class SessionManager:
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.create_task(self._watch(), name="session-watchdog")
 
-    async def _watch(self) -> None:
+    def _expired(self, session: Session, now: float) -> str:
+        """Why the session must close now, or ""."""
         settings = self._settings
+        quiet = now - session.last_input
+        if session.paused_at is not None:
+            if now - session.paused_at >= settings.session_pause_timeout_seconds:
+                return "pause timeout"
+        elif session.readers == 0 and quiet >= settings.session_orphan_timeout_seconds:
+            # Its client went away (a killed process, a closed tab) without closing it.
+            return "orphaned: no reader and no input"
+        if now - session.opened >= settings.session_max_duration_seconds:
+            return "max duration reached"
+        if (
+            session.readers == 0
+            and not session.busy
+            and quiet >= settings.session_idle_timeout_seconds
+        ):
+            return "idle timeout"
+        return ""
+
+    async def _watch(self) -> None:
         while self._sessions:
             await asyncio.sleep(_WATCHDOG_SECONDS)
             now = time.monotonic()
             draining = self._runtime.state is ModelState.DRAINING
             for session in list(self._sessions.values()):
-                reason = ""
-                if draining:
-                    reason = "server draining"
-                elif (
-                    session.paused_at is not None
-                    and now - session.paused_at >= settings.session_pause_timeout_seconds
-                ):
-                    reason = "pause timeout"
-                elif now - session.opened >= settings.session_max_duration_seconds:
-                    reason = "max duration reached"
-                elif (
-                    session.readers == 0
-                    and now - session.last_input >= settings.session_idle_timeout_seconds
-                ):
-                    reason = "idle timeout"
+                reason = "server draining" if draining else self._expired(session, now)
                 if reason:
                     await self.close(session, reason)
             cutoff = now - _TOMBSTONE_SECONDS

@@ -1,5 +1,7 @@
-"""Speech out as the reply is written: complete sentences go to the TTS while the LLM keeps
-generating, so the first audio chunk leaves long before the reply is finished. Audio (from the
+"""Speech out as the reply is written: text goes to the TTS piece by piece while the LLM keeps
+generating, so the first audio chunk leaves long before the reply is finished. The first piece
+is as short as reads naturally: up to the first clause mark, or the first few words when none
+comes soon; later pieces are whole sentences (each cut adds the voice's pause). Audio (from the
 TTS or a family's native waveform) is cut into chunks of exactly the size the client asked for.
 """
 
@@ -14,6 +16,12 @@ from services.omni.turns import AudioOut, FloatAudio
 
 # End of a sentence: terminal punctuation (with closing quotes/brackets) then space, or a newline.
 _BOUNDARY = re.compile(r"[.!?;:。！？]+[\"')\]]*\s+|\n+")
+# End of the first clause: a clause or terminal mark then space, or a spaced dash. "1,000" or
+# "3.5" are not boundaries: no space follows. Only the first piece is cut this fine: every cut
+# costs the voice's pause at a piece's ends, worth it once for the first audio.
+_FIRST_BOUNDARY = re.compile(r"[.!?;:,。！？，、；：]+[\"')\]]*\s+|\s[—–-]\s+|\n+")
+# Without a clause mark, the first piece is spoken once it has this many complete words.
+FIRST_PIECE_WORDS = 4
 
 
 class SpeechWriter:
@@ -73,15 +81,19 @@ class SentenceSpeaker:
         self._writer = writer
         self._should_stop = should_stop
         self._pending = ""
+        self._started = False  # the first piece went to the TTS
         self.interrupted = False
 
     def feed(self, delta: str) -> None:
         self._pending += delta
-        last = None
-        for match in _BOUNDARY.finditer(self._pending):
-            last = match
-        if last is not None:
-            ready, self._pending = self._pending[: last.end()], self._pending[last.end() :]
+        end = first_piece_end(self._pending) if not self._started else None
+        if end is None:
+            last = None
+            for match in _BOUNDARY.finditer(self._pending):
+                last = match
+            end = last.end() if last is not None else None
+        if end is not None:
+            ready, self._pending = self._pending[:end], self._pending[end:]
             self._speak(ready)
 
     def finish(self, interrupted: bool = False) -> None:
@@ -93,9 +105,22 @@ class SentenceSpeaker:
     def _speak(self, text: str) -> None:
         if not text.strip() or self.interrupted:
             return
+        self._started = True
         for samples in self._tts.synthesize(text.strip(), self._speaker):
             # Checked per sentence: a barge-in or a cancel stops the voice mid-reply.
             if self._should_stop():
                 self.interrupted = True
                 return
             self._writer.add_waveform(samples)
+
+
+def first_piece_end(text: str) -> int | None:
+    """Where the first spoken piece of a reply ends: after its first clause or sentence mark,
+    or after FIRST_PIECE_WORDS complete words; None while neither is there yet."""
+    match = _FIRST_BOUNDARY.search(text)
+    if match is not None and text[: match.start()].strip():
+        return match.end()
+    words = list(re.finditer(r"\S+\s+", text))
+    if len(words) >= FIRST_PIECE_WORDS:
+        return words[FIRST_PIECE_WORDS - 1].end()
+    return None

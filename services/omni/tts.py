@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from services.omni.builtin import bundled
 from services.omni.turns import FloatAudio
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 log = logging.getLogger("mmserve.omni")
 
 
@@ -29,6 +31,7 @@ class PiperTts:
     """A loaded Piper voice. Piper cannot clone voices: registered voices are refused."""
 
     supports_cloning = False
+    supports_speed = True  # through length_scale
 
     def __init__(self, options: TtsOptions) -> None:
         import onnxruntime
@@ -61,6 +64,7 @@ class PiperTts:
             length_scale=options.length_scale,
         )
         self._synthesis_cls = SynthesisConfig
+        self._length_scale = float(options.length_scale or self._voice.config.length_scale or 1.0)
         self.sample_rate = int(self._voice.config.sample_rate)
         speaker_map: dict[str, int] = dict(config.get("speaker_id_map") or {})
         # A single-speaker voice has no speaker map: its one speaker is named after the dataset.
@@ -72,16 +76,20 @@ class PiperTts:
     def speakers(self) -> tuple[str, ...]:
         return tuple(self._speakers)
 
-    def synthesize(self, text: str, speaker: str = "") -> Iterator[FloatAudio]:
-        """Float32 audio at `sample_rate`, one array per sentence Piper finds in `text`."""
+    def synthesize(self, text: str, speaker: str = "", speed: float = 1.0) -> Iterator[FloatAudio]:
+        """Float32 audio at `sample_rate`, one array per sentence Piper finds in `text`;
+        `speed` > 1 speaks faster (Piper's length_scale divided by it)."""
+        # Piper's espeak bridge raises on NUL and control characters; as speech they are
+        # silence anyway (a text of nothing else is refused for making no sound).
+        text = _CONTROL_CHARACTERS.sub(" ", text)
         speaker_id = self._speakers.get(speaker, -1) if speaker else -1
         config = self._synthesis
-        if speaker_id >= 0:
+        if speaker_id >= 0 or speed != 1.0:
             config = self._synthesis_cls(
-                speaker_id=speaker_id,
+                speaker_id=speaker_id if speaker_id >= 0 else None,
                 noise_scale=config.noise_scale,
                 noise_w_scale=config.noise_w_scale,
-                length_scale=config.length_scale,
+                length_scale=self._length_scale / speed,
             )
         for chunk in self._voice.synthesize(text, config):
             yield chunk.audio_float_array

@@ -239,10 +239,13 @@ class ServiceRuntime:
         return handle
 
     async def _announce(self, context: Any, handle: JobHandle) -> None:
-        """Sends the job-id header once per call, so a client can GetJob/CancelJob while it
-        waits. The write runs in a shielded task: a sibling job of the same call that fails
-        while it is in flight must not cancel it, because grpc refuses to send a status while
-        initial metadata is half written (the interceptor settles it before the status)."""
+        """Sends the job-id header once per call when the client asked for it early
+        (`mmserve-job-id-early: 1`: it wants to GetJob/CancelJob while it waits; otherwise the
+        call starts with the header already settled and the id goes out with the result, so
+        the edge can still rerun the call elsewhere). The write runs in a shielded task: a
+        sibling job of the same call that fails while it is in flight must not cancel it,
+        because grpc refuses to send a status while initial metadata is half written (the
+        interceptor settles it before the status)."""
         if context is None:
             return
         call = current_call()

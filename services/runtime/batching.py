@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -193,3 +194,108 @@ def call_batch(kind: str, fn: BatchFn, jobs: Sequence[BatchJob]) -> BatchReport:
 
     run(jobs)
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# Joinable kinds: one long device run that jobs join and leave one by one
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """A joinable kind (iteration-level batching): one device run serves up to `max_rows` jobs
+    at a time; a job that arrives while it runs joins at the run's next step instead of waiting
+    for the whole run, and each job ends as soon as its own work does."""
+
+    max_rows: int
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+
+
+class JoinSession:
+    """The hand-over between the loop thread, which admits jobs, and the device thread, which
+    runs them step by step and reports each job's end. The run ends once it has no job and no
+    newcomer: `take` then closes the session under the same lock `admit` takes, so a job is
+    either taken by this run or left in the queue for the next one, never lost between them."""
+
+    def __init__(
+        self, max_rows: int, on_done: Callable[[BatchJob, Any, int], None] | None = None
+    ) -> None:
+        self.max_rows = max_rows
+        self._on_done = on_done
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._waiting: list[BatchJob] = []
+        self._active = 0  # jobs taken and not yet done
+        self.closed = False
+
+    # --- loop thread -------------------------------------------------------------------------
+
+    def admit(self, job: BatchJob) -> bool:
+        """Hands a job to the run; False when the run has ended or is full (the job stays
+        queued for a later run)."""
+        with self._lock:
+            if self.closed or self._active + len(self._waiting) >= self.max_rows:
+                return False
+            self._waiting.append(job)
+            self._arrived.notify()
+            return True
+
+    @property
+    def room(self) -> int:
+        with self._lock:
+            return 0 if self.closed else self.max_rows - self._active - len(self._waiting)
+
+    # --- device thread -----------------------------------------------------------------------
+
+    def take(self, limit: int | None = None, wait_seconds: float = 0.0) -> list[BatchJob] | None:
+        """Newcomers admitted since the last call (at most `limit`); None closes the run when
+        nothing is active or waiting. With nothing active, waits up to `wait_seconds` for a
+        newcomer before closing."""
+        with self._lock:
+            if not self._waiting and self._active == 0 and wait_seconds > 0:
+                self._arrived.wait(wait_seconds)
+            if not self._waiting and self._active == 0:
+                self.closed = True
+                return None
+            count = len(self._waiting) if limit is None else max(0, limit)
+            taken, self._waiting = self._waiting[:count], self._waiting[count:]
+            self._active += len(taken)
+            return taken
+
+    def done(self, job: BatchJob, value: Any, batch_size: int) -> None:
+        """Ends one taken job: `value` is its result or its Exception; `batch_size` the most
+        rows it ran among."""
+        with self._lock:
+            self._active -= 1
+        if self._on_done is not None:
+            self._on_done(job, value, batch_size)
+
+    def fail_rest(self, error: BaseException) -> None:
+        """Closes the run after the device function raised: every job still waiting gets the
+        error (the function answered its own taken jobs or leaves them to the caller)."""
+        with self._lock:
+            self.closed = True
+            waiting, self._waiting = self._waiting, []
+            self._active += len(waiting)
+        for job in waiting:
+            self.done(job, error, 0)
+
+
+# A joined run: `fn(session)` on the device thread, taking jobs with session.take() between its
+# steps and ending each with session.done().
+JoinFn = Callable[[JoinSession], None]
+
+
+def call_joined(fn: JoinFn, session: JoinSession) -> None:
+    """Runs on the device thread: the joined run, closed when it ends however it ends (the
+    executor fails the jobs it left unanswered)."""
+    try:
+        fn(session)
+    except BaseException as exc:
+        session.fail_rest(exc)
+        raise
+    finally:
+        session.closed = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -32,8 +33,12 @@ from services.runtime.batching import (
     BatchFn,
     BatchSpec,
     ExpectedJob,
+    JoinFn,
+    JoinSession,
+    JoinSpec,
     as_oom,
     call_batch,
+    call_joined,
     drop_frames,
 )
 from services.runtime.errors import DeadlineExceeded, JobCancelled, QueueFull, Unavailable
@@ -75,6 +80,8 @@ __all__ = [
     "JobStarted",
     "JobState",
     "JobUsage",
+    "JoinSession",
+    "JoinSpec",
     "NullObserver",
     "RunTimeEstimator",
     "SingleFlightExecutor",
@@ -259,6 +266,7 @@ class SingleFlightExecutor(JobTable):
         self._device: ThreadPoolExecutor | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._batches: dict[str, tuple[BatchFn, BatchSpec]] = {}
+        self._joins: dict[str, tuple[JoinFn, JoinSpec]] = {}
         # Announced batchable jobs not yet submitted, per (kind, batch key).
         self._expected: collections.Counter[tuple[str, Hashable]] = collections.Counter()
         # (kind, batch key) -> (until when, jobs wanted): the demand a batch left behind it
@@ -319,6 +327,12 @@ class SingleFlightExecutor(JobTable):
         self._batches[kind] = (fn, spec)
         self._max_batch[kind] = spec.max_batch_size
 
+    def register_joinable(self, kind: str, fn: JoinFn, spec: JoinSpec) -> None:
+        """Makes `kind` joinable: its jobs (`batch_input`) join one running `fn(session)` between
+        its steps and end one by one (batching.JoinSession)."""
+        self._joins[kind] = (fn, spec)
+        self._max_batch[kind] = spec.max_rows
+
     def expect(self, kind: str, batch_key: Hashable = None) -> ExpectedJob:
         """Announces a job of batchable `kind` whose inputs are being prepared (decoded,
         preprocessed), so a batch of that kind about to start waits for it (up to the kind's
@@ -366,7 +380,7 @@ class SingleFlightExecutor(JobTable):
         if asyncio.get_running_loop() is not self._loop:
             raise RuntimeError("submit() must be called on the executor's event loop thread")
         if fn is None:
-            if kind not in self._batches:
+            if kind not in self._batches and kind not in self._joins:
                 raise ValueError(f"job kind {kind!r} is not batchable; pass a work function")
         elif batch_input is not None:
             raise ValueError("pass either a work function or batch_input, not both")
@@ -429,7 +443,7 @@ class SingleFlightExecutor(JobTable):
                 await self._wake.wait()
                 continue
             head = self._queue[0]
-            if not head.batchable:
+            if not head.batchable or head.kind in self._joins:
                 return [head]
             _, spec = self._batches[head.kind]
             wait_until = head.create_mono + spec.max_wait_ms / 1000.0
@@ -487,7 +501,9 @@ class SingleFlightExecutor(JobTable):
             job.push(JobStarted(queue_seconds))
             self._notify(self._observer.job_started, job.kind, queue_seconds)
         try:
-            if live[0].batchable:
+            if live[0].batchable and live[0].kind in self._joins:
+                await self._run_joined(live)
+            elif live[0].batchable:
                 await self._run_batch(live)
             else:
                 await self._run_plain(live[0])
@@ -543,6 +559,24 @@ class SingleFlightExecutor(JobTable):
             else:
                 drop_frames(outcome.value)
                 self._finish(job, error=outcome.value)
+
+    async def _run_joined(self, jobs: list[JobRecord]) -> None:
+        """One joined run: admits queued jobs of its kind while they are next in the FIFO (one
+        of another kind ahead stops admission: the run drains and that job goes next)."""
+        kind = jobs[0].kind
+        fn, spec = self._joins[kind]
+        session = JoinSession(spec.max_rows, functools.partial(self._post, self._joined_done))
+        members = [job for job in jobs if session.admit(job)]  # the first run has room
+        run = asyncio.get_running_loop().run_in_executor(self._device, call_joined, fn, session)
+        while not run.done():
+            self._wake.clear()
+            self._admit_queued(session, kind, members)
+            woken = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait((run, woken), return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+        error = run.exception()
+        for job in members:  # what the run left unanswered (it raised)
+            self._joined_done(job, error or RuntimeError("the run left this job unanswered"), 0)
 
     # --- the device thread, outside jobs ---------------------------------------------------
 

@@ -20,7 +20,13 @@ from typing import Any
 import grpc
 
 from services.runtime import errors
-from services.runtime.calls import REQUEST_ID_HEADER, CallInfo, bind_call, unbind_call
+from services.runtime.calls import (
+    REQUEST_ID_HEADER,
+    CallInfo,
+    bind_call,
+    unbind_call,
+    wants_early_job_id,
+)
 from services.runtime.logs import EventLine
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.security import KeyStore, RateLimiter
@@ -196,7 +202,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, errors.QueueFull):
             self._reject("queue_full")
         status = to_grpc_status(exc, info.request_id)
-        trailing = (*status.trailing_metadata, (REQUEST_ID_HEADER, info.request_id))
+        trailing = (*status.trailing_metadata, *info.trailers())
         await context.abort_with_status(_Status(status.code, status.details, trailing))
         return code  # unreachable: abort raises
 
@@ -223,21 +229,32 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _call(
-        self, method: str, metadata: dict[str, Any], context: Any, open_method: bool
-    ) -> AsyncIterator[None]:
-        """Admission, error mapping, access log and metrics around one call's handler."""
+        self,
+        method: str,
+        metadata: dict[str, Any],
+        context: Any,
+        open_method: bool,
+        unary: bool = False,
+    ) -> AsyncIterator[CallInfo]:
+        """Admission, error mapping, access log and metrics around one call's handler. A
+        unary call's job-id header waits for its result unless the client asked for it early
+        (see calls.EARLY_JOB_ID_HEADER); the trailers always carry it."""
         info = self._new_call(method, metadata, context)
         token = bind_call(info)
         code = grpc.StatusCode.OK
         holds_slot = False
         try:
-            context.set_trailing_metadata(((REQUEST_ID_HEADER, info.request_id),))
+            context.set_trailing_metadata(info.trailers())
+            if unary and not wants_early_job_id(metadata):
+                info.hold_job_header()
             if not open_method:
                 self._take_call_slot()
                 holds_slot = True
                 self._admit(info, metadata)
-            yield
+            yield info
             await info.settle_header()
+            if info.job_id:
+                context.set_trailing_metadata(info.trailers())
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
@@ -262,9 +279,11 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         open_method: bool,
     ) -> Callable[[Any, Any], Awaitable[Any]]:
         async def handle(request: Any, context: Any) -> Any:
-            async with self._call(method, metadata, context, open_method):
+            async with self._call(method, metadata, context, open_method, unary=True) as info:
                 _check_parsed(request, method)
-                return await behaviour(request, context)
+                response = await behaviour(request, context)
+                await info.send_held_header(context)
+                return response
 
         return handle
 

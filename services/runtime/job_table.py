@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
-from services.runtime.batching import detached
+from services.runtime.batching import JoinSession, as_oom, detached, drop_frames
 from services.runtime.errors import DeadlineExceeded, JobCancelled, NotFound, ServingError
 from services.runtime.eta import RunTimeEstimator
 from services.runtime.job_context import CancelToken, JobContext
@@ -31,6 +31,7 @@ from services.runtime.job_events import (
     JobProgress,
     JobQueued,
     JobSnapshot,
+    JobStarted,
     JobState,
     JobUsage,
 )
@@ -251,6 +252,45 @@ class JobTable:
         self._ended.append((now, job.job_id))
         self._prune()
         self._update_idle()
+
+    # --- joined runs (see SingleFlightExecutor._run_joined) -------------------------------
+
+    def _admit_queued(self, session: JoinSession, kind: str, members: list[JobRecord]) -> None:
+        """Hands the queued jobs of `kind` that are next in the FIFO to a joined run, as long as
+        it takes them."""
+        for job in list(self._queue):
+            if job.kind != kind or not job.batchable or not session.admit(job):
+                return
+            self._start_joined(job)
+            members.append(job)
+
+    def _start_joined(self, job: JobRecord) -> None:
+        """A queued job that a joined run took; its batch size comes with its end (the most
+        rows it decoded among)."""
+        self._queue.remove(job)
+        now = time.monotonic()
+        job.state, job.start_mono, job.start_wall = JobState.RUNNING, now, time.time()
+        job.batch_size = 1
+        self._running.append(job)
+        job.push(JobStarted(job.queue_seconds(now)))
+        self._notify(self._observer.job_started, job.kind, job.queue_seconds(now))
+        self._reposition()
+        self._notify(self._observer.queue_depth, len(self._queue))
+
+    def _joined_done(self, job: JobRecord, value: Any, batch_size: int) -> None:
+        """Ends one job of a joined run (loop thread); later reports of it are ignored."""
+        if job in self._running:
+            self._running.remove(job)
+        self._wake.set()  # its row is free: a queued job may join
+        job.batch_size = max(job.batch_size, batch_size)
+        if isinstance(value, BaseException):
+            drop_frames(value)
+            self._finish(job, error=as_oom(value, job.kind))
+        elif job.state is JobState.RUNNING:
+            self._eta.observe(job.kind, job.run_seconds(time.monotonic()))
+            self._notify(self._observer.batch_run, job.kind, job.batch_size)
+            self._finish(job, result=value)
+        job.release_inputs()
 
     def _cancel_job(self, job: JobRecord, error: ServingError) -> None:
         if job.state in TERMINAL_STATES:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from services.runtime.executor import BatchSpec, JobContext, JobProgress
+from services.runtime.executor import BatchSpec, JobContext, JobProgress, JoinSession, JoinSpec
 from services.runtime.job_protos import Timing
 
 if TYPE_CHECKING:
@@ -165,6 +165,22 @@ class BatchedOperation(Operation[Req, Prep, Res]):
     def batch_key(self, prepared: Prep) -> Hashable:
         """Only inputs with equal keys share a batch (e.g. the same image size)."""
         return None
+
+    def join_spec(self) -> JoinSpec | None:
+        """Iteration-level batching, read once the model is loaded: a spec makes the kind's
+        jobs join one long device run (`run_joined`) between its steps and leave it one by one,
+        in place of `batch_spec`'s micro-batches; None (the default) does not."""
+        return None
+
+    def run_joined(self, session: JoinSession) -> None:
+        """The joined run on the device thread (see JoinSession): takes prepared inputs as
+        they arrive and ends each job with session.done()."""
+        raise NotImplementedError(f"{type(self).__name__} declares no join_spec")
+
+    def solo(self, prepared: Prep) -> bool:
+        """True for a prepared input that must run as a plain job of `job_kind(prepared)`,
+        even when the kind batches (a spoken chat reply in a service that batches text)."""
+        return False
 
     def split(self, request: Req) -> list[Req]:
         """Device-sized parts of a request; one part by default."""

@@ -85,8 +85,11 @@ class Pipeline:
             if not isinstance(handler, Operation):
                 continue
             for operation in handler.device_operations():
-                spec = operation.batch_spec()
-                if spec is not None and not executor.is_batched(operation.kind):
+                if executor.is_batched(operation.kind):
+                    continue
+                if (join := operation.join_spec()) is not None:
+                    executor.register_joinable(operation.kind, operation.run_joined, join)
+                elif (spec := operation.batch_spec()) is not None:
                     executor.register_batch(operation.kind, operation.run_batch, spec)
 
     def _batches(
@@ -131,6 +134,14 @@ class Pipeline:
 
         async def one(part: Any, ready: Awaitable[Any], expected: ExpectedJob | None) -> Any:
             prepared_part = await ready
+            if operation.solo(prepared_part):
+                if expected is not None:
+                    expected.close()
+                kind = operation.job_kind(prepared_part)
+                call = _device_call(operation, prepared_part)
+                result, job_usage = await self.runtime.run_job(context, kind, call)
+                usage.add(job_usage)
+                return result
             try:
                 result, job_usage = await self.runtime.run_job(
                     context,
@@ -186,7 +197,7 @@ class Pipeline:
         request = operation.parse(message, STREAMING)
         prepared = await self._prepare(operation, request)
         renderer = operation.stream_renderer(prepared)
-        if self._batches(operation):
+        if self._batches(operation) and not operation.solo(prepared):
             events = self.runtime.stream_job(
                 context,
                 operation.kind,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import socket
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -16,6 +18,13 @@ from services.runtime import errors
 log = logging.getLogger("mmserve.errors")
 
 ERROR_DOMAIN = "mmserve.dev"
+# The executor's reasons for the jobs it cancels when the process stops (the drain grace ran
+# out, or the executor closed): the caller did nothing wrong and another replica can serve the
+# same request, so these end UNAVAILABLE (what gRPC clients and retry policies retry), never
+# CANCELLED (which reads as the caller's own cancel and is never retried).
+SHUTDOWN_REASONS = ("server shutting down", "executor closed")
+# How a replica names itself in that error: behind the edge it is one of several.
+REPLICA_NAME = f"{socket.gethostname()} (pid {os.getpid()})"
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -30,10 +39,30 @@ def _retry_info(seconds: float) -> any_pb2.Any:
     return _pack(error_details_pb2.RetryInfo(retry_delay=delay))
 
 
+def lost_to_shutdown(exc: BaseException) -> bool:
+    """A job this replica cancelled because it is stopping, not because the caller asked."""
+    return isinstance(exc, errors.JobCancelled) and exc.message in SHUTDOWN_REASONS
+
+
+def _replica_stopped(request_info: any_pb2.Any) -> status_pb2.Status:
+    return status_pb2.Status(
+        code=code_pb2.UNAVAILABLE,
+        message=f"replica {REPLICA_NAME} stopped before the job finished (its drain grace "
+        "ran out); the request did not complete: retry it, on another replica",
+        details=[
+            request_info,
+            _retry_info(0.0),
+            _pack(error_details_pb2.ErrorInfo(reason="ReplicaStopped", domain=ERROR_DOMAIN)),
+        ],
+    )
+
+
 def rich_status(exc: BaseException, request_id: str) -> status_pb2.Status:
     """google.rpc.Status for an exception. Unknown exceptions become INTERNAL with the request id
     and no stack trace (the trace goes to the server log)."""
     request_info = _pack(error_details_pb2.RequestInfo(request_id=request_id))
+    if lost_to_shutdown(exc):
+        return _replica_stopped(request_info)
     if isinstance(exc, errors.ServingError):
         code = getattr(code_pb2, exc.code_name)
         details = [request_info]

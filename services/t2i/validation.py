@@ -198,10 +198,13 @@ def _strength(
     if not math.isfinite(value) or not 0.0 < value <= 1.0:
         problems.add("strength", f"{value} is not in (0, 1]")
     elif steps * value < 1.0:
-        # Pipelines run about steps * strength steps; zero would fail inside the job.
-        problems.add(
-            "strength",
-            f"{value} x {steps} steps leaves no denoising step; raise strength or "
-            "num_inference_steps",
+        # Pipelines run about steps * strength steps; zero would fail inside the job. Either
+        # field can fix it, so both are named (whichever the client changed last is the one
+        # it looks for).
+        rule = (
+            f"strength {value:.6g} x {steps} steps leaves no denoising step; raise strength or "
+            "num_inference_steps"
         )
+        problems.add("strength", rule)
+        problems.add("params.num_inference_steps", rule)
     return value

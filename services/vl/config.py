@@ -48,14 +48,12 @@ class VLSettings(ChatSettings):
         QWEN_MAX_PIXELS, ge=1, description="Largest max_pixels a request may ask for."
     )
     # --- concurrency ---
-    batching: bool = Field(
-        False,
-        description="Batch queued unary Chat requests that arrive together into one generate "
-        "call (left padding); off by default, see bench/results/vl.md.",
-    )
-    batch_max_size: int = Field(8, ge=1, description="Most requests in one batched generate.")
+    # batching and batch_max_size are the chat core's (ChatSettings).
     batch_max_wait_ms: float = Field(
-        10.0, ge=0, description="How long the first queued request waits for batch companions."
+        10.0,
+        ge=0,
+        description="Accepted for compatibility and unused: a request joins the running decode "
+        "batch at its next token, without waiting for companions.",
     )
     # --- model ---
     trust_remote_code: bool = Field(

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from services.runtime.builtin import resolve_model
+from services.runtime.chat.continuous import decode_together
 from services.runtime.chat.messages import (
     ChatOutput,
     FinishReason,
@@ -49,6 +50,7 @@ from services.vl import batching
 from services.vl.builtin import BUILTINS
 from services.vl.chat import ChatInput, ChatLimits
 from services.vl.config import VLSettings
+from services.vl.decoding import VLDecodeModel
 from services.vl.generation import Row, new_row, run_generate
 from services.vl.processor import load_processor
 
@@ -94,6 +96,9 @@ class VLEngine(Engine):
         self.pad_token_id = 0
         self.resolution_supported = False
         self._model_defaults = ModelDefaults()
+        # Whether requests decode together (settings.batching and a cache that merges), known
+        # after warm-up.
+        self.joinable = False
 
     # --- loading -------------------------------------------------------------------------
 
@@ -176,9 +181,22 @@ class VLEngine(Engine):
         )
         prepared = self.prepare(chat)
         self.generate(prepared, JobContext("warmup", CHAT_KIND))
-        if self.settings.batching:
+        if not self.settings.batching:
+            return
+        text = self.prepare(
+            dataclasses.replace(chat, messages=(Message(Role.USER, (TextPart("Hi"),)),))
+        )
+        try:
+            results = decode_together(self.decoder(), [prepared, prepared, text])
+        except ValueError as exc:  # a cache that cannot be merged (sliding-window layers)
+            log.warning("decoding requests together is off for this model: %s", exc)
             contexts = [JobContext(f"warmup-{i}", CHAT_KIND) for i in range(2)]
             self.generate_batch([prepared, prepared], contexts)
+            return
+        errors = [result for result in results if isinstance(result, Exception)]
+        if errors:
+            raise errors[0]
+        self.joinable = True
 
     # --- facts ---------------------------------------------------------------------------
 
@@ -297,7 +315,7 @@ class VLEngine(Engine):
         row = self._row(prepared, ctx)
         [output] = run_generate(
             self.model,
-            self._to_device(prepared.inputs),
+            self.to_device(prepared.inputs),
             [row],
             eos_ids=self.eos_ids,
             pad_token_id=self.pad_token_id,
@@ -322,7 +340,7 @@ class VLEngine(Engine):
         rows = [self._row(p, ctx) for p, ctx in zip(batch, contexts, strict=True)]
         outputs = run_generate(
             self.model,
-            self._to_device(stacked),
+            self.to_device(stacked),
             rows,
             eos_ids=self.eos_ids,
             pad_token_id=self.pad_token_id,
@@ -331,6 +349,10 @@ class VLEngine(Engine):
             _cancel_error(ctx) if out.finish_reason is FinishReason.CANCELLED else out
             for out, ctx in zip(outputs, contexts, strict=True)
         ]
+
+    def decoder(self) -> VLDecodeModel:
+        """This model for the iteration-level decode loop (services.runtime.chat.continuous)."""
+        return VLDecodeModel(self)
 
     def _one_of_batch(self, prepared: PreparedChat, ctx: JobContext) -> ChatOutput | Exception:
         try:
@@ -347,7 +369,7 @@ class VLEngine(Engine):
             stream=prepared.stream,
         )
 
-    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert self.options is not None
         device, dtype = self.options.device, self.options.dtype
         return {

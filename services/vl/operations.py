@@ -1,5 +1,8 @@
 """mmserve.vl.v1.VisionLanguageService as operations: Chat and StreamChat are one chat
-operation (batched when settings.batching is on), GetModelInfo is answered inline.
+operation, GetModelInfo is answered inline. With settings.batching on (the default), chats
+decode together: each joins the running decode batch at its next token and leaves it when done
+(services.runtime.chat.continuous); a model whose cache cannot be merged falls back to
+micro-batches of queued requests, and with batching off each runs alone.
 
 Request checks happen on the loop before a job is queued (bad requests never take a queue
 slot); image decoding, the chat template, tokenization and image preprocessing run in one
@@ -20,10 +23,11 @@ from mmserve.common.v1 import media_pb2
 from mmserve.vl.v1 import vl_pb2
 from services.runtime import job_protos
 from services.runtime.app import ServiceRuntime
+from services.runtime.chat.continuous import DecodeLoop
 from services.runtime.chat.messages import ChatOutput
 from services.runtime.chat.protos import finish_reason_proto
 from services.runtime.chat.stream import ChatStreamRenderer
-from services.runtime.executor import BatchSpec, JobContext
+from services.runtime.executor import BatchSpec, JobContext, JoinSession, JoinSpec
 from services.runtime.operations import (
     BatchedOperation,
     CallFacts,
@@ -47,8 +51,7 @@ class ChatCall:
 
 
 class Chat(BatchedOperation[ChatCall, PreparedChat, ChatOutput]):
-    """Chat and StreamChat. With batching on, queued requests with stackable inputs share one
-    generate call (each row streaming or not as its call does); off, each runs alone."""
+    """Chat and StreamChat; each row of a batch streams or not as its call does."""
 
     kind = CHAT_KIND
 
@@ -95,6 +98,14 @@ class Chat(BatchedOperation[ChatCall, PreparedChat, ChatOutput]):
         finally:
             for future in rest:
                 future.cancel()
+
+    def join_spec(self) -> JoinSpec | None:
+        if not (self.settings.batching and self.engine.joinable):
+            return None
+        return JoinSpec(self.settings.batch_max_size)
+
+    def run_joined(self, session: JoinSession) -> None:
+        DecodeLoop(self.engine.decoder()).run(session)
 
     def batch_spec(self) -> BatchSpec | None:
         if not self.settings.batching:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import LogitsProcessor
 
+from services.runtime.chat.rows import penalize, sample
 from services.runtime.chat.sampling import SamplingPlan
 
 
@@ -39,35 +40,10 @@ class RowSampler(LogitsProcessor):
         scores = scores.clone()
         for row, plan in enumerate(self._plans):
             if plan.repetition_penalty != 1.0:
-                _penalize(scores[row], input_ids[row], plan.repetition_penalty)
+                penalize(scores[row], input_ids[row], plan.repetition_penalty)
             generator = self._generators[row]
             if generator is not None:
-                token = _sample(scores[row], plan, generator)
+                token = sample(scores[row], plan, generator)
                 scores[row].fill_(float("-inf"))
                 scores[row, token] = 0.0
         return scores  # type: ignore[return-value]
-
-
-def _penalize(row: torch.Tensor, seen: torch.Tensor, penalty: float) -> None:
-    # The CTRL-paper rule transformers uses: shrink positive logits, grow negative ones.
-    values = row.gather(0, seen)
-    values = torch.where(values < 0, values * penalty, values / penalty)
-    row.scatter_(0, seen, values)
-
-
-def _sample(row: torch.Tensor, plan: SamplingPlan, generator: torch.Generator) -> int:
-    logits = row.float() / plan.temperature
-    if plan.top_k > 0 and plan.top_k < logits.numel():
-        kth = torch.topk(logits, plan.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if plan.top_p < 1.0:
-        ordered, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(ordered, dim=-1)
-        # Drop a token once the mass before it already reaches top_p; the best always stays.
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= plan.top_p
-        logits = logits.index_fill(0, order[drop], float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    # argmax(p / E) with E ~ Exp(1) draws from p exactly (the exponential race); it is much
-    # cheaper than torch.multinomial over a 150k-token vocabulary on CPU.
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return int(torch.argmax(probs / race).item())

@@ -252,10 +252,11 @@ def test_cpu_plan() -> None:
     assert plan.dtype == "float32"
     assert plan.concurrency["vision"] == (1, 4, 16)
     assert plan.repeats == 3
-    assert not plan.vl_batching
+    # vl's server runs its default, iteration-level batching, bounded by the top concurrency.
+    assert plan.vl_batching
     assert plan.server_flags("vision")[:4] == ["--device", "cpu", "--dtype", "float32"]
     assert "--torch-threads" in plan.server_flags("t2i")
-    assert "--batching" not in plan.server_flags("vl")
+    assert "--batching" in plan.server_flags("vl")
     assert plan.in_process_at("vision", 16)
     assert not plan.in_process_at("t2i", 2)
     targets = {SERVED: "a", ENVOY: "b"}

@@ -232,6 +232,40 @@ def test_chat_streams_text_and_writes_speech(omni_server: Served, tmp_path: Path
     assert voices.stdout.strip()
 
 
+def test_say_speaks_the_text_verbatim_and_transcribe_hears_it(
+    omni_server: Served, tmp_path: Path
+) -> None:
+    phrase = "Hello there, this is a test of the speech."
+    out = tmp_path / "hello.mp3"
+    said = run_cli("--json", "say", phrase, "-o", str(out), *target(omni_server))
+    assert said.code == 0, said.stderr
+    facts = said.json()
+    assert facts["audio"]["format"] == "mp3"  # from the suffix
+    assert facts["audio"]["path"] == str(out)
+    assert facts["audio"]["seconds"] > 1.0
+    assert out.read_bytes()
+    heard = run_cli("--json", "transcribe", str(out), *target(omni_server))
+    assert heard.code == 0, heard.stderr
+    spoken = heard.json()
+    assert _words(spoken["text"]) == _words(phrase)
+    assert spoken["language"] == "en"
+    assert spoken["segments"][0]["end"] > spoken["segments"][0]["start"]
+    unary_wav = tmp_path / "hello.wav"
+    said = run_cli("say", phrase, "--no-stream", "-o", str(unary_wav), *target(omni_server))
+    assert said.code == 0, said.stderr
+    assert f"wrote {unary_wav}" in said.stderr
+    lines = run_cli("transcribe", str(unary_wav), "--segments", *target(omni_server))
+    assert lines.code == 0, lines.stderr
+    assert re.match(r"\[\s*0\.\d+ ->\s*\d+\.\d+\] Hello there", lines.stdout)
+    empty = run_cli("say", "  ", "-o", str(tmp_path / "x.wav"), *target(omni_server))
+    assert empty.code == 13  # 10 + INVALID_ARGUMENT
+    assert "text" in empty.stderr
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
+
+
 # --- every service ---
 
 

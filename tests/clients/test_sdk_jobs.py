@@ -54,10 +54,14 @@ def test_api_key_is_sent_as_bearer(sleepy_server: Served, sleepy: T2IClient) -> 
 
 def test_deadline_cancels_the_server_job(sleepy: T2IClient) -> None:
     started = time.monotonic()
+    seen: list[str] = []
     with pytest.raises(DeadlineExceeded) as caught:
-        sleepy.generate("slow", steps=400, timeout=0.5)
+        # on_job asks for the job id at acceptance: a call that did not ask gets it only with
+        # the server's answer, which the client's own deadline may beat.
+        sleepy.generate("slow", steps=400, timeout=0.5, on_job=seen.append)
     assert time.monotonic() - started < 3
     assert caught.value.job_id  # accepted before the deadline passed
+    assert seen == [caught.value.job_id]
     # The contract says CANCELLED; the runtime reports FAILED with DEADLINE_EXCEEDED. Either
     # way the job has stopped on the server, which is what the client relies on.
     job = wait_for_end(sleepy, caught.value.job_id)

@@ -1,6 +1,7 @@
 """The omni clients against the real omni service (SmolLM2 with Whisper ASR and the Piper voice,
 all shipped in PyPI packages): text, streamed speech as int16 numpy chunks, speech in (the
-service's own speech fed back), live sessions and reference voices."""
+service's own speech fed back), live sessions, reference voices, and plain speech (synthesize
+and transcribe, no chat model)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mmserve_client import (
     AudioClip,
     Completed,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     OmniClient,
     SamplingOptions,
@@ -23,6 +25,14 @@ from mmserve_client import (
     TextDelta,
     TurnCompleted,
     aio,
+)
+from mmserve_client.speech import (
+    SegmentDone,
+    SpeechCompleted,
+    SpeechPiece,
+    SpeechStarted,
+    TranscriptionCompleted,
+    TranscriptionStarted,
 )
 from tests.clients.servers import Served
 
@@ -143,3 +153,69 @@ async def test_async_stream_with_speech(omni_server: Served) -> None:
         assert stream.audio is not None
         assert stream.audio.duration > 0
         assert (await client.info()).extras["supports_speech_output"] is True
+
+
+# --- plain speech: synthesize and transcribe ---
+
+PHRASE = "Hello there, this is a test of the speech."
+
+
+def words(text: str) -> list[str]:
+    return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
+
+
+def test_synthesize_then_transcribe_gives_the_words_back(omni: OmniClient) -> None:
+    speech = omni.synthesize(PHRASE, format="mp3")
+    assert speech.format == "mp3"
+    assert speech.media_type == "audio/mpeg"
+    assert speech.voice
+    assert speech.job_id
+    clip = speech.clip()
+    assert clip.duration == pytest.approx(speech.seconds, abs=0.1)
+    heard = omni.transcribe(speech.data)  # encoded bytes: the format is sniffed
+    assert words(heard.text) == words(PHRASE)
+    assert heard.language == "en"
+    assert heard.segments
+    assert heard.segments[0].start < heard.segments[-1].end <= heard.duration + 0.5
+    info = omni.info().extras
+    assert info["supports_synthesize"] is True
+    assert info["supports_transcribe"] is True
+
+
+def test_streams_of_speech_and_of_segments(omni: OmniClient) -> None:
+    with omni.stream_synthesize(PHRASE, format="pcm", sample_rate=16000, chunk_ms=100) as stream:
+        events = list(stream)
+    assert isinstance(events[0], Accepted)
+    started = next(e for e in events if isinstance(e, SpeechStarted))
+    assert (started.format, started.sample_rate) == ("pcm", 16000)
+    pieces = [e for e in events if isinstance(e, SpeechPiece)]
+    assert [p.index for p in pieces] == list(range(len(pieces)))
+    done = events[-1]
+    assert isinstance(done, SpeechCompleted)
+    pcm = b"".join(p.data for p in pieces)
+    assert len(pcm) / 2 / 16000 == pytest.approx(done.seconds, abs=1e-3)
+    samples = np.frombuffer(pcm, dtype="<i2")
+    with omni.stream_transcribe((samples, 16000)) as heard:
+        transcribed = list(heard)
+    assert isinstance(transcribed[0], Accepted)
+    assert isinstance(transcribed[1], TranscriptionStarted)
+    segments = [e.segment for e in transcribed if isinstance(e, SegmentDone)]
+    assert segments
+    last = transcribed[-1]
+    assert isinstance(last, TranscriptionCompleted)
+    assert words(last.text) == words(PHRASE)
+    assert last.segments == len(segments)
+
+
+def test_speech_errors_name_the_field(omni: OmniClient) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        omni.synthesize(PHRASE, voice="no-such-voice", speed=10)
+    assert [v.field for v in caught.value.field_violations] == ["voice", "speed"]
+    with pytest.raises(InvalidArgument) as caught:
+        omni.synthesize(PHRASE, format="aac")
+    assert [v.field for v in caught.value.field_violations] == ["format"]
+    with pytest.raises(InvalidArgument) as caught:
+        omni.transcribe(b"RIFF\x00\x00\x00\x00WAVEbroken")
+    assert [v.field for v in caught.value.field_violations] == ["audio.data"]
+    with pytest.raises(ValueError, match="unknown speech format"):
+        omni.synthesize(PHRASE, format="ogg-vorbis")

@@ -17,7 +17,13 @@ from gateway.catalog import CAPABILITIES
 from gateway.descriptors import build_descriptor_set
 from gateway.edge import healthy_hosts
 from gateway.processes import REPO, tool
-from gateway.render import EdgeConfig, Endpoint, capability_upstream, render
+from gateway.render import (
+    EdgeConfig,
+    Endpoint,
+    at_most_once_methods,
+    capability_upstream,
+    render,
+)
 from tests.e2e.support import make_cert
 
 
@@ -81,8 +87,15 @@ def test_streams_get_their_own_routes_without_timeout(descriptors: Path) -> None
     }
     assert "/mmserve.t2i.v1.ImageGenerationService/StreamTextToImage" in streaming
     assert "/mmserve.omni.v1.OmniService/StreamSessionEvents" in streaming
-    assert set(by_path) == streaming
-    for route in by_path.values():
+    once = {
+        f"/{spec.service}/{method}"
+        for spec in CAPABILITIES.values()
+        for method in at_most_once_methods(spec.name)
+    }
+    assert set(by_path) == streaming | once
+    for path, route in by_path.items():
+        if path in once:
+            continue
         assert route["timeout"] == "0s"
         # Retried like unary calls, only before any response header (a stream's first event
         # carries them): a stream racing a draining replica's health check is not lost.
@@ -123,6 +136,32 @@ def test_unary_routes_retry_only_calls_that_never_started(descriptors: Path) -> 
     assert stream < order.index("/mmserve.t2i.v1.ImageGenerationService/")
 
 
+def test_calls_that_must_not_run_twice_are_retried_only_before_reaching_a_replica(
+    descriptors: Path,
+) -> None:
+    doc = yaml.safe_load(render(config(descriptors)))
+    order = [r["match"].get("path") or r["match"]["prefix"] for r in routes(doc)]
+    by_path = {r["match"].get("path"): r["route"] for r in routes(doc) if "path" in r["match"]}
+    omni = "/mmserve.omni.v1.OmniService/"
+    for method in ("PushSessionInput", "RegisterVoice", "OpenSession", "CancelJob"):
+        route = by_path[omni + method]
+        assert route["cluster"] == "omni"
+        assert set(route["retry_policy"]["retry_on"].split(",")) == {
+            "connect-failure",
+            "refused-stream",
+            "reset-before-request",
+            "unavailable",
+            "resource-exhausted",
+        }
+        assert route["timeout"] == "600s"
+        # Before the prefix route of the service, which retries after a reset too.
+        assert order.index(omni + method) < order.index(omni)
+    assert "/mmserve.t2i.v1.ImageGenerationService/CancelJob" in by_path
+    # Inference and reads keep the prefix route's retries.
+    assert omni + "Chat" not in by_path
+    assert omni + "ListVoices" not in by_path
+
+
 def test_filters_cors_and_admin(descriptors: Path) -> None:
     doc = yaml.safe_load(render(config(descriptors, listen_host="0.0.0.0")))
     names = [f["name"] for f in hcm(doc)["http_filters"]]
@@ -137,6 +176,8 @@ def test_filters_cors_and_admin(descriptors: Path) -> None:
     cors = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
     exposed = {h.strip() for h in cors["expose_headers"].split(",")}
     assert {"grpc-status", "grpc-message", "x-request-id", "mmserve-job-id"} <= exposed
+    allowed = {h.strip() for h in cors["allow_headers"].split(",")}
+    assert "mmserve-job-id-early" in allowed
     transcoder = hcm(doc)["http_filters"][2]["typed_config"]
     assert transcoder["auto_mapping"] is True
     assert transcoder["print_options"]["stream_newline_delimited"] is True

@@ -15,6 +15,8 @@ import torch
 
 from mmserve.common.v1 import chat_pb2, job_pb2, media_pb2
 from mmserve.omni.v1 import omni_pb2, omni_pb2_grpc
+from services.omni.speech import SentenceSpeaker, SpeechWriter
+from services.omni.turns import AudioOut
 from tests.omni.support import (
     audio_part,
     piper,
@@ -122,10 +124,15 @@ async def test_speech_stream_is_pcm_of_the_stated_rate_and_size(stub):
     assert 0 < len(chunks[-1].audio.data) <= size
     pcm = b"".join(c.audio.data for c in chunks)
     assert completed.audio_seconds == pytest.approx(len(pcm) / 2 / rate)
-    # The reply's speech is what the same voice makes in-process from the reply's sentences.
-    text = "".join(e.delta.text for e in events if e.WhichOneof("event") == "delta")
-    local = np.concatenate(list(piper().synthesize(text)))
-    assert len(pcm) // 2 == len(local)
+    # The reply's speech is what the same voice makes in-process from the same text deltas,
+    # cut into pieces the same way (the first clause early, then whole sentences).
+    local: list[AudioOut] = []
+    speaker = SentenceSpeaker(piper(), "", SpeechWriter(rate, 100, local.append))
+    for e in events:
+        if e.WhichOneof("event") == "delta":
+            speaker.feed(e.delta.text)
+    speaker.finish()
+    assert len(pcm) == sum(len(c.pcm) for c in local)
     # Text comes before the audio of its sentence.
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds.index("delta") < kinds.index("audio")

@@ -1,6 +1,7 @@
 """Live sessions through a real server: half-duplex turns over pushed Piper speech (Silero VAD,
-Whisper, SmolLM2, Piper), context across turns, barge-in in audio duplex, the queue of sessions,
-pause timeout, max sessions and the error codes of the session calls."""
+Whisper, SmolLM2, Piper), context across turns, barge-in in audio duplex, sessions and Chat calls
+sharing the device between turns (a waiting turn reports its place), pause timeout, max sessions
+and the error codes of the session calls."""
 
 from __future__ import annotations
 
@@ -167,39 +168,84 @@ async def test_audio_duplex_barge_in_interrupts_the_reply(stub):
     assert transcripts[-1] == "What is the capital of France?"
 
 
-async def test_chat_mode_text_turns_and_a_queued_second_session(stub):
+async def push_text(stub, session_id, sequence, text):
+    await stub.PushSessionInput(
+        omni_pb2.PushSessionInputRequest(
+            session_id=session_id, sequence=sequence, text=text, end_of_turn=True
+        ),
+        timeout=30,
+    )
+
+
+async def test_sessions_and_chat_calls_share_the_device_between_turns(stub):
     first = await open_session(stub, omni_pb2.SESSION_MODE_CHAT, speech_on=False)
-    first_log = EventLog(stub, first.session_id)
-    await first_log.wait(is_state(LISTENING, "session started"), timeout=30)
     second = await open_session(stub, omni_pb2.SESSION_MODE_CHAT, speech_on=False)
-    second_log = EventLog(stub, second.session_id)
+    logs = [EventLog(stub, first.session_id), EventLog(stub, second.session_id)]
     try:
-        queued = await second_log.wait(lambda e: e.WhichOneof("event") == "queue", timeout=10)
-        assert queued.queue.position == 1
-        assert queued.queue.eta_seconds >= 0
-        # The queued session takes input; it runs once the first session closes.
-        await stub.PushSessionInput(
-            omni_pb2.PushSessionInputRequest(
-                session_id=second.session_id,
-                sequence=0,
-                text="What is the capital of France?",
-                end_of_turn=True,
-            )
+        # Both sessions listen at once: neither waits for the other to end.
+        for log in logs:
+            await log.wait(is_state(LISTENING, "session started"), timeout=10)
+        # A Chat call while both listen runs at once (nothing holds the device).
+        reply = await stub.Chat(
+            omni_pb2.ChatRequest(
+                messages=[
+                    omni_pb2.ChatMessage(
+                        role=chat_pb2.ROLE_USER, content=[omni_pb2.ContentPart(text="Hi")]
+                    )
+                ],
+                sampling=chat_pb2.SamplingParams(max_new_tokens=4),
+            ),
+            timeout=60,
         )
-        await stub.PushSessionInput(
-            omni_pb2.PushSessionInputRequest(
-                session_id=first.session_id, sequence=0, text="Say hello.", end_of_turn=True
-            )
-        )
-        await first_log.wait(turn_done(0), timeout=60)
-        assert not any(e.WhichOneof("event") == "delta" for e in second_log.events)
-        await close(stub, first.session_id)
-        await second_log.wait(is_state(LISTENING, "session started"), timeout=30)
-        await second_log.wait(turn_done(0), timeout=60)
+        assert reply.usage.queue_seconds < 2.0
+        await push_text(stub, second.session_id, 0, "What is the capital of France?")
+        await push_text(stub, first.session_id, 0, "Say hello.")
+        await logs[1].wait(turn_done(0), timeout=90)
+        await logs[0].wait(turn_done(0), timeout=90)
+        # Their turns follow each other; a second turn of the first session keeps its context.
+        await push_text(stub, first.session_id, 1, "Say it again.")
+        done = await logs[0].wait(turn_done(1), timeout=90)
+        assert done.turn_completed.usage.input_tokens > 0
     finally:
-        await close(stub, second.session_id)
-    reply = "".join(e.delta.text for e in second_log.events)
-    assert "Paris" in reply
+        for opened in (first, second):
+            await close(stub, opened.session_id)
+    answer = "".join(e.delta.text for e in logs[1].events if e.turn == 0)
+    assert "Paris" in answer
+
+
+async def test_a_turn_waiting_behind_a_chat_reports_its_place(stub):
+    opened = await open_session(stub, omni_pb2.SESSION_MODE_CHAT, speech_on=False)
+    log = EventLog(stub, opened.session_id)
+    busy = stub.StreamChat(
+        omni_pb2.ChatRequest(
+            messages=[
+                omni_pb2.ChatMessage(
+                    role=chat_pb2.ROLE_USER,
+                    content=[omni_pb2.ContentPart(text="Tell me a long story about a dragon.")],
+                )
+            ],
+            # Spoken, so the job surely outlasts the push below.
+            sampling=chat_pb2.SamplingParams(max_new_tokens=200),
+            speech=omni_pb2.SpeechOptions(enabled=True),
+        ),
+        timeout=120,
+    )
+    try:
+        async for event in busy:  # the Chat job holds the device once it streams text
+            if event.WhichOneof("event") == "delta":
+                break
+        await push_text(stub, opened.session_id, 0, "What is the capital of France?")
+        waiting = await log.wait(lambda e: e.WhichOneof("event") == "queue", timeout=10)
+        assert waiting.queue.position == 1
+        assert waiting.queue.eta_seconds >= 0
+        assert waiting.turn == 0
+        busy.cancel()  # the Chat's job is cancelled: the waiting turn runs next
+        await log.wait(turn_done(0), timeout=90)
+    finally:
+        busy.cancel()
+        await close(stub, opened.session_id)
+    kinds = [e.WhichOneof("event") for e in log.events]
+    assert kinds.index("queue") < kinds.index("delta")
 
 
 async def test_max_sessions_is_enforced(stub):

@@ -1,5 +1,6 @@
-"""The batching option: queued unary requests share one left-padded generate call and still
-get exactly their own greedy answers."""
+"""The batching option (iteration-level: requests decode together, joining and leaving the
+decode batch at token boundaries): concurrent requests share the batch and still get exactly
+their own greedy answers, streams stream their own text, a cancel stops only its row."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ def test_settings_defaults_and_bounds() -> None:
     settings = load_settings(VLSettings, [])
     assert (settings.port, settings.metrics_port) == (50052, 9092)
     assert settings.default_max_new_tokens == 256
-    assert settings.batching is False
+    assert settings.batching is True  # iteration-level batching, on by default
+    assert settings.batch_max_size == 8
     with pytest.raises(ConfigError, match="default_max_new_tokens"):
         load_settings(VLSettings, ["--default-max-new-tokens", "9000", "--max-new-tokens", "10"])
     with pytest.raises(ConfigError, match="resolution_min_pixels"):

@@ -42,6 +42,7 @@ from .results import (
     Similarity,
     Voice,
 )
+from .speech import Speech, SpeechEvent, Transcription, TranscriptionEvent
 from .streams import AsyncJobStream
 from .wire import common, omni, t2i, vision, vl
 from .wire.common import MessageLike, SamplingOptions
@@ -618,6 +619,89 @@ class OmniClient(Client):
     async def delete_voice(self, voice_id: str, *, timeout: float | None = 10.0) -> None:
         request = omni_pb2.DeleteVoiceRequest(voice_id=voice_id)
         await self._unary("DeleteVoice", request, omni.nothing, timeout)
+
+    # --- plain speech: exactly the given text spoken; audio transcribed (no chat model) ---
+
+    async def synthesize(
+        self,
+        text: str,
+        *,
+        voice: str = "",
+        format: str = "wav",
+        speed: float = 0.0,
+        sample_rate: int = 0,
+        timeout: float | None = None,
+        on_job: OnJob | None = None,
+        request_id: str | None = None,
+    ) -> Speech:
+        """Speaks `text` verbatim; `format` is one of wav, pcm, flac, mp3, opus (what the
+        server encodes: see info().extras["synthesis"]), `speed` 0.25..4 (0: normal)."""
+        request = omni.synthesize_request(text, voice, format, speed, sample_rate)
+        return await self._unary(
+            "Synthesize", request, omni.speech_response, timeout, on_job, request_id
+        )
+
+    def stream_synthesize(
+        self,
+        text: str,
+        *,
+        voice: str = "",
+        format: str = "wav",
+        speed: float = 0.0,
+        sample_rate: int = 0,
+        chunk_ms: int = 0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> AsyncJobStream[SpeechEvent]:
+        """Speech as it is made: SpeechStarted, then SpeechPiece events whose `data` joined is
+        the file, then SpeechCompleted."""
+        request = omni.synthesize_request(text, voice, format, speed, sample_rate, chunk_ms)
+        return self._caller.stream(
+            self._stub.StreamSynthesize,
+            request,
+            omni.speech_event,
+            timeout=timeout,
+            request_id=request_id,
+        )
+
+    async def transcribe(
+        self,
+        audio: AudioLike,
+        *,
+        language: str = "",
+        prompt: str = "",
+        temperature: float = 0.0,
+        timeout: float | None = None,
+        on_job: OnJob | None = None,
+        request_id: str | None = None,
+    ) -> Transcription:
+        """The words in a clip (a file path, encoded bytes, a clip or (samples, rate)), with
+        timed segments."""
+        request = omni.transcribe_request(audio, language, prompt, temperature)
+        return await self._unary(
+            "Transcribe", request, omni.transcription_response, timeout, on_job, request_id
+        )
+
+    def stream_transcribe(
+        self,
+        audio: AudioLike,
+        *,
+        language: str = "",
+        prompt: str = "",
+        temperature: float = 0.0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> AsyncJobStream[TranscriptionEvent]:
+        """TranscriptionStarted, a SegmentDone per segment as it is recognized, then
+        TranscriptionCompleted with the whole text."""
+        request = omni.transcribe_request(audio, language, prompt, temperature)
+        return self._caller.stream(
+            self._stub.StreamTranscribe,
+            request,
+            omni.transcription_event,
+            timeout=timeout,
+            request_id=request_id,
+        )
 
 
 # The same classes under distinct names, for code that imports both flavours side by side.

@@ -1,6 +1,8 @@
 """Running calls over the generated stubs, once for blocking code and once for asyncio: deadlines
 (one per call, covering its retries), retry of RESOURCE_EXHAUSTED, errors mapped to
-MMServeError, the job id from the `mmserve-job-id` header, replica pins (see pins.py), and
+MMServeError, the job id from the `mmserve-job-id` header or trailer (asked for early, with the
+`mmserve-job-id-early` request header, only by calls that report it while they run), replica
+pins (see pins.py), and
 cancellation (an interrupted call is cancelled, so the server cancels its job). What a call
 sends and how its answer is read lives in `wire/`, shared by both."""
 
@@ -13,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from .connection import Connection, Deadline
+from .connection import EARLY_JOB_ID_HEADER, Connection, Deadline
 from .errors import MMServeError, from_rpc_error
 from .pins import Pins, job_id_of
 from .streams import AsyncJobStream, JobStream, ParseEvent
@@ -36,6 +38,10 @@ class _Caller:
     def _done(self, result: R, job_id: str, metadata: Any, pin_key: PinKey | None) -> R:
         self.pins.remember(pin_key(result) if pin_key else job_id, metadata)
         return result
+
+
+# Sent by calls that report their job id while they run (`on_job`).
+EARLY = ((EARLY_JOB_ID_HEADER, "1"),)
 
 
 class SyncCaller(_Caller):
@@ -87,12 +93,13 @@ class SyncCaller(_Caller):
         try:
             response = future.result()
             headers = future.initial_metadata()
+            trailers = future.trailing_metadata()
         except grpc.RpcError as rpc_error:
             raise from_rpc_error(rpc_error, _sync_job_id(future)) from rpc_error
         except BaseException:
             future.cancel()
             raise
-        job_id = job_id_of(headers)
+        job_id = job_id_of(headers) or job_id_of(trailers)
         return self._done(parse(response, job_id), job_id, headers, pin_key)
 
     def _early(
@@ -105,7 +112,7 @@ class SyncCaller(_Caller):
         on_job: OnJob,
         pin_key: PinKey | None,
     ) -> R:
-        call = method(request, timeout=deadline.remaining(), metadata=metadata)
+        call = method(request, timeout=deadline.remaining(), metadata=(*metadata, *EARLY))
         job_id = ""
         try:
             headers = call.initial_metadata()
@@ -146,7 +153,7 @@ class SyncCaller(_Caller):
 
 def _sync_job_id(call: Any) -> str:
     try:
-        return job_id_of(call.initial_metadata())
+        return job_id_of(call.initial_metadata()) or job_id_of(call.trailing_metadata())
     except Exception:
         return ""  # the job id is a courtesy on an error path
 
@@ -197,12 +204,13 @@ class AsyncCaller(_Caller):
         try:
             response = await call
             headers = await call.initial_metadata()
+            trailers = await call.trailing_metadata()
         except grpc.aio.AioRpcError as rpc_error:
             raise from_rpc_error(rpc_error, await _aio_job_id(call)) from rpc_error
         except BaseException:  # task cancelled: cancel the call so the server drops the job
             call.cancel()
             raise
-        job_id = job_id_of(headers)
+        job_id = job_id_of(headers) or job_id_of(trailers)
         return self._done(parse(response, job_id), job_id, headers, pin_key)
 
     async def _early(
@@ -215,7 +223,7 @@ class AsyncCaller(_Caller):
         on_job: OnJob,
         pin_key: PinKey | None,
     ) -> R:
-        call = method(request, timeout=deadline.remaining(), metadata=metadata)
+        call = method(request, timeout=deadline.remaining(), metadata=(*metadata, *EARLY))
         job_id = ""
         try:
             headers = await call.initial_metadata()
@@ -256,6 +264,7 @@ class AsyncCaller(_Caller):
 
 async def _aio_job_id(call: Any) -> str:
     try:
-        return job_id_of(await call.initial_metadata())
+        found = job_id_of(await call.initial_metadata())
+        return found or job_id_of(await call.trailing_metadata())
     except Exception:
         return ""  # the job id is a courtesy on an error path

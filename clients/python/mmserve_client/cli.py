@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .commands import chat, collections, service, t2i, vision
+from .commands import chat, collections, recordings, service, speech, t2i, vision
 from .commands.context import Context
 from .errors import MMServeError
 
@@ -108,13 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--voice", help="voice id (see `mmserve voices`)")
     sub.add_argument("--chunk-ms", type=int, default=0, help="streamed audio chunk size")
     chat.add_sampling_flags(sub)
-    sub = command("say", chat.say, "speak text and save the speech as WAV (omni)")
-    sub.add_argument("text")
-    sub.add_argument("-o", "--output", default="speech.wav", help="WAV file (default speech.wav)")
-    sub.add_argument("--voice", help="voice id (see `mmserve voices`)")
-    sub.add_argument("--chunk-ms", type=int, default=0, help="streamed audio chunk size")
-    chat.add_sampling_flags(sub)
-    sub.set_defaults(system=None)
+    sub = command("say", speech.say, "speak exactly the given text into an audio file (omni)")
+    speech.add_say_flags(sub)
+    sub = command("transcribe", speech.transcribe, "speech to text with timed segments (omni)")
+    speech.add_transcribe_flags(sub)
 
     # --- vision ---
     sub = command("embed", vision.embed, "embed images and/or texts (vision)")
@@ -170,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("job_id")
     sub.add_argument("--replica", help="the job's mmserve-replica value (from --json output)")
     command("voices", service.voices, "list the omni service's voices")
+    listing = command("recordings", recordings.recordings, "list session recordings (omni)")
+    getting = command("recording", recordings.recording, "download a session recording (omni)")
+    recordings.add_flags(listing, getting)
     return parser
 
 

@@ -27,6 +27,13 @@ from .calls import OnJob, Parse, PinKey, R, SyncCaller
 from .errors import MMServeError, Unavailable
 from .events import ChatEvent, SessionEvent, T2IEvent
 from .images import ImageLike
+from .recordings import (
+    Recording,
+    RecordingPiece,
+    recording_file,
+    recording_piece,
+    recordings_response,
+)
 from .results import (
     ChatReply,
     Classifications,
@@ -42,6 +49,7 @@ from .results import (
     Similarity,
     Voice,
 )
+from .speech import Speech, SpeechEvent, Transcription, TranscriptionEvent
 from .streams import JobStream
 from .wire import common, omni, t2i, vision, vl
 from .wire.common import MessageLike, SamplingOptions
@@ -600,6 +608,123 @@ class OmniClient(Client):
     def delete_voice(self, voice_id: str, *, timeout: float | None = 10.0) -> None:
         request = omni_pb2.DeleteVoiceRequest(voice_id=voice_id)
         self._unary("DeleteVoice", request, omni.nothing, timeout)
+
+    # --- session recordings (sessions opened with record=True) ---
+
+    def list_recordings(self, *, timeout: float | None = 10.0) -> list[Recording]:
+        """This key's kept recordings, newest first."""
+        request = omni_pb2.ListRecordingsRequest()
+        return self._unary("ListRecordings", request, recordings_response, timeout)
+
+    def read_recording(
+        self,
+        session_id: str,
+        file: str = "input",
+        *,
+        offset: int = 0,
+        max_bytes: int = 0,
+        timeout: float | None = 30.0,
+    ) -> RecordingPiece:
+        """One byte range of a recording file: "input" or "output" (WAV), "transcript"
+        (JSON lines) or "meta" (JSON)."""
+        request = omni_pb2.GetRecordingRequest(
+            session_id=session_id, file=recording_file(file), offset=offset, max_bytes=max_bytes
+        )
+        return self._unary("GetRecording", request, recording_piece, timeout, pin=session_id)
+
+    def download_recording(
+        self, session_id: str, file: str = "input", *, timeout: float | None = 30.0
+    ) -> bytes:
+        """A whole recording file (read a megabyte at a time)."""
+        parts: list[bytes] = []
+        offset = 0
+        while True:
+            piece = self.read_recording(session_id, file, offset=offset, timeout=timeout)
+            parts.append(piece.data)
+            if piece.eof or not piece.data:
+                return b"".join(parts)
+            offset = piece.next_offset
+
+    # --- plain speech: exactly the given text spoken; audio transcribed (no chat model) ---
+
+    def synthesize(
+        self,
+        text: str,
+        *,
+        voice: str = "",
+        format: str = "wav",
+        speed: float = 0.0,
+        sample_rate: int = 0,
+        timeout: float | None = None,
+        on_job: OnJob | None = None,
+        request_id: str | None = None,
+    ) -> Speech:
+        """Speaks `text` verbatim; `format` is one of wav, pcm, flac, mp3, opus (what the
+        server encodes: see info().extras["synthesis"]), `speed` 0.25..4 (0: normal)."""
+        request = omni.synthesize_request(text, voice, format, speed, sample_rate)
+        return self._unary("Synthesize", request, omni.speech_response, timeout, on_job, request_id)
+
+    def stream_synthesize(
+        self,
+        text: str,
+        *,
+        voice: str = "",
+        format: str = "wav",
+        speed: float = 0.0,
+        sample_rate: int = 0,
+        chunk_ms: int = 0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> JobStream[SpeechEvent]:
+        """Speech as it is made: SpeechStarted, then SpeechPiece events whose `data` joined is
+        the file, then SpeechCompleted."""
+        request = omni.synthesize_request(text, voice, format, speed, sample_rate, chunk_ms)
+        return self._caller.stream(
+            self._stub.StreamSynthesize,
+            request,
+            omni.speech_event,
+            timeout=timeout,
+            request_id=request_id,
+        )
+
+    def transcribe(
+        self,
+        audio: AudioLike,
+        *,
+        language: str = "",
+        prompt: str = "",
+        temperature: float = 0.0,
+        timeout: float | None = None,
+        on_job: OnJob | None = None,
+        request_id: str | None = None,
+    ) -> Transcription:
+        """The words in a clip (a file path, encoded bytes, a clip or (samples, rate)), with
+        timed segments."""
+        request = omni.transcribe_request(audio, language, prompt, temperature)
+        return self._unary(
+            "Transcribe", request, omni.transcription_response, timeout, on_job, request_id
+        )
+
+    def stream_transcribe(
+        self,
+        audio: AudioLike,
+        *,
+        language: str = "",
+        prompt: str = "",
+        temperature: float = 0.0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> JobStream[TranscriptionEvent]:
+        """TranscriptionStarted, a SegmentDone per segment as it is recognized, then
+        TranscriptionCompleted with the whole text."""
+        request = omni.transcribe_request(audio, language, prompt, temperature)
+        return self._caller.stream(
+            self._stub.StreamTranscribe,
+            request,
+            omni.transcription_event,
+            timeout=timeout,
+            request_id=request_id,
+        )
 
 
 def _session_id(info: SessionInfo) -> str:

@@ -16,6 +16,11 @@ from .retry import RetryPolicy
 # default of 4 MiB would refuse large images long before the server does.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 JOB_ID_HEADER = "mmserve-job-id"
+# Asks a unary call to send its job id in the response headers as soon as the job is accepted
+# (to cancel it from elsewhere while it runs). Without it the id comes with the result, in the
+# headers and the trailers, and the edge may retry the call on another replica if the one
+# running it dies; with it, the call is tied to that replica once accepted.
+EARLY_JOB_ID_HEADER = "mmserve-job-id-early"
 REQUEST_ID_HEADER = "x-request-id"
 
 

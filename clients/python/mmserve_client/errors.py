@@ -3,6 +3,8 @@ server sends (field violations, retry delay, request id, error reason) already d
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +14,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 DETAILS_KEY = "grpc-status-details-bin"
 REQUEST_ID_KEY = "x-request-id"
+JOB_ID_KEY = "mmserve-job-id"
+REPLICA_KEY = "mmserve-replica"
 
 
 @dataclass(frozen=True)
@@ -165,10 +169,18 @@ def error_class(code: grpc.StatusCode) -> type[MMServeError]:
 
 def _details(trailing: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """Decodes the google.rpc.Status trailer; a malformed one is ignored, never fatal."""
-    found: dict[str, Any] = {"violations": [], "retry": None, "request_id": "", "reason": ""}
+    found: dict[str, Any] = {
+        "violations": [],
+        "retry": None,
+        "request_id": "",
+        "reason": "",
+        "job_id": "",
+    }
     for key, value in trailing:
         if key == REQUEST_ID_KEY and isinstance(value, str):
             found["request_id"] = value
+        if key == JOB_ID_KEY and isinstance(value, str):
+            found["job_id"] = value
         if key != DETAILS_KEY or not isinstance(value, bytes):
             continue
         try:
@@ -208,6 +220,12 @@ def from_rpc_error(error: grpc.RpcError, job_id: str = "") -> MMServeError:
         # headers went out: a transport failure, not a server error (which always carries a
         # request id), so it reads as UNAVAILABLE, like the same failure without a proxy.
         code = grpc.StatusCode.UNAVAILABLE
+        replica = _replica(error)
+        message = (
+            f"lost {f'replica {replica}' if replica else 'its replica'}: the connection to it "
+            f"broke after the response had started ({message}); the call did not complete, "
+            "retry it"
+        )
     cls = error_class(code)
     return cls(
         message or code.name.lower().replace("_", " "),
@@ -216,5 +234,21 @@ def from_rpc_error(error: grpc.RpcError, job_id: str = "") -> MMServeError:
         retry_delay=details["retry"],
         request_id=details["request_id"],
         reason=details["reason"],
-        job_id=job_id,
+        job_id=job_id or details["job_id"],
     )
+
+
+def _replica(error: grpc.RpcError) -> str:
+    """The replica that served the call, from the edge's `mmserve-replica` response header
+    (the base64 of its address), when the headers arrived."""
+    try:
+        headers = error.initial_metadata() if hasattr(error, "initial_metadata") else None
+    except Exception:
+        return ""
+    for key, value in headers or ():
+        if key == REPLICA_KEY and isinstance(value, str):
+            try:
+                return base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return value
+    return ""

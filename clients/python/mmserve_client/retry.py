@@ -16,8 +16,11 @@ class RetryPolicy:
     """`max_attempts` counts the first try; 1 means no retries."""
 
     max_attempts: int = 3
-    # Codes worth retrying. Callers willing to wait out a model load or a draining replica can
-    # add UNAVAILABLE: mmserve calls change no state, so repeating one is safe.
+    # Codes worth retrying. Callers willing to wait out a model load, a draining replica or a
+    # lost one (the SDK reports a replica lost mid-call as UNAVAILABLE) can add UNAVAILABLE:
+    # inference calls change no state, so repeating one is safe. Session and voice calls do:
+    # one lost mid-call may have done its work already (a retried RegisterVoice can register
+    # the voice twice), which the edge never retries for them (docs/clients.md).
     codes: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
     default_delay: float = 1.0  # when the server sent no RetryInfo
     max_delay: float = 30.0  # never wait longer than this for one retry

@@ -80,6 +80,15 @@ DEFAULT_TOP_P = 1.0
 DEFAULT_TOP_K = 0
 DEFAULT_REPETITION_PENALTY = 1.0
 
+# Legal but extreme values, made numerically safe once here for every decoding path. Logits
+# divided by a temperature below this overflow float32 (inf, then NaN probabilities: transformers'
+# sampler raises, an argmax picks an arbitrary token); such a temperature is greedy in all but
+# name, as vLLM treats it too. A repetition penalty past these bounds no longer changes which
+# token wins, while scaling logits by it can overflow the same way.
+MIN_SAMPLING_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 1e-4
+MAX_REPETITION_PENALTY = 1e4
+
 
 @dataclass(frozen=True)
 class ServiceDefaults:
@@ -99,19 +108,25 @@ def resolve_sampling(
     wanted = request.max_new_tokens or service.default_max_new_tokens
     return SamplingPlan(
         max_new_tokens=min(wanted, service.max_new_tokens),
-        temperature=float(_pick(request.temperature, model.temperature, DEFAULT_TEMPERATURE)),
+        temperature=_safe_temperature(
+            _pick(request.temperature, model.temperature, DEFAULT_TEMPERATURE)
+        ),
         top_p=float(_pick(request.top_p, model.top_p, DEFAULT_TOP_P)),
         top_k=int(_pick(request.top_k, model.top_k, DEFAULT_TOP_K)),
-        repetition_penalty=float(
-            _pick(
-                request.repetition_penalty,
-                model.repetition_penalty,
-                DEFAULT_REPETITION_PENALTY,
-            )
+        repetition_penalty=_safe_penalty(
+            _pick(request.repetition_penalty, model.repetition_penalty, DEFAULT_REPETITION_PENALTY)
         ),
         seed=request.seed if request.seed is not None else secrets.randbits(63),
         stop=request.stop,
     )
+
+
+def _safe_temperature(value: float) -> float:
+    return 0.0 if value < MIN_SAMPLING_TEMPERATURE else float(value)
+
+
+def _safe_penalty(value: float) -> float:
+    return min(max(float(value), MIN_REPETITION_PENALTY), MAX_REPETITION_PENALTY)
 
 
 def _pick(given: float | None, from_model: float | None, fallback: float) -> float:

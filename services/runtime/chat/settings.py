@@ -38,6 +38,13 @@ class ChatSettings(ServiceSettings):
     max_new_tokens: MaxNewTokens = 4096
     max_messages: MaxMessages = 64
     max_images: MaxImages = 16
+    batching: bool = Field(
+        True,
+        description="Iteration-level batching of chat decoding: a request joins the running "
+        "decode batch at the next token and leaves it when done (each with its own sampling, "
+        "stop sequences, limit and cancel); off runs one request at a time.",
+    )
+    batch_max_size: int = Field(8, ge=1, description="Most requests decoding together.")
 
     @model_validator(mode="after")
     def _check_token_budget(self) -> Self:

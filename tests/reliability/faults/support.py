@@ -26,14 +26,21 @@ def t2i_request(prompt: str = "a red fox", steps: int = 1, width: int = 8) -> An
 
 def early_headers_unary(channel: grpc.aio.Channel, method: str = "TextToImage") -> Any:
     """A unary t2i method called through a unary-stream multicallable (the same bytes on the
-    wire). grpc.aio's unary calls hand out initial metadata only when the whole call ends;
-    this way `mmserve-job-id` is readable the moment the server accepts the job, which is
-    what the SDK does too."""
-    return channel.unary_stream(
+    wire) that asks for its job id early (`mmserve-job-id-early`). grpc.aio's unary calls hand
+    out initial metadata only when the whole call ends, and the server sends the job id at
+    acceptance only when asked; this way `mmserve-job-id` is readable the moment the server
+    accepts the job, which is what the SDK does too."""
+    multicallable = channel.unary_stream(
         f"/{T2I}/{method}",
         request_serializer=t2i_pb2.TextToImageRequest.SerializeToString,
         response_deserializer=t2i_pb2.TextToImageResponse.FromString,
     )
+
+    def start(request: Any, *, metadata: Any = (), **kwargs: Any) -> Any:
+        early = (*(metadata or ()), ("mmserve-job-id-early", "1"))
+        return multicallable(request, metadata=early, **kwargs)
+
+    return start
 
 
 async def wait_for(

@@ -72,6 +72,8 @@ CAPABILITY_ARGS: dict[str, list[str]] = {
         "6",
         "--max-audio-seconds",
         str(MAX_AUDIO_SECONDS),
+        "--transcribe-max-seconds",  # Transcribe's clips: the same limit as chat's
+        str(MAX_AUDIO_SECONDS),
         "--tts-noise-scale",
         "0",
         "--tts-noise-w-scale",
@@ -90,6 +92,7 @@ DEFINED_CODES = frozenset(
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.UNIMPLEMENTED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.PERMISSION_DENIED,
@@ -410,7 +413,9 @@ def launch(capability: str, argv: Sequence[str], folder: Path) -> subprocess.Pop
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    extra = ["--data-dir", str(folder / "data")] if capability == "omni" else []
+    # Services that keep state on disk (omni voices and recordings, vision collections) keep it
+    # in the test's folder, never in the repository.
+    extra = ["--data-dir", str(folder / "data")] if capability in ("omni", "vision") else []
     with (folder / "server.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", f"services.{capability}", *LOOPBACK, *argv, *extra],

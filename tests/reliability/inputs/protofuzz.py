@@ -239,6 +239,9 @@ def _set_field(
             return _draw(draw, f.message_type, pools, depth - 1, budget)
         return draw(_scalar(f, pools))
 
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        _set_map(draw, message, f, pools)
+        return
     if not f.is_repeated:
         value = one()
         if is_message:
@@ -258,3 +261,21 @@ def _set_field(
             target.add().CopyFrom(value)
     else:
         target.extend(values)
+
+
+def _set_map(
+    draw: Callable[[st.SearchStrategy[Any]], Any],
+    message: Message,
+    f: FieldDescriptor,
+    pools: Pools,
+) -> None:
+    """A map field (metadata, filters): a few drawn keys and values; message values empty."""
+    key_f = f.message_type.fields_by_name["key"]
+    value_f = f.message_type.fields_by_name["value"]
+    target = getattr(message, f.name)
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(_scalar(key_f, pools))
+        if value_f.type == _F.TYPE_MESSAGE:
+            target[key].SetInParent()
+        else:
+            target[key] = draw(_scalar(value_f, pools))

@@ -22,7 +22,8 @@ from mmserve.t2i.v1 import t2i_pb2
 from mmserve.vision.v1 import vision_pb2
 from mmserve.vl.v1 import vl_pb2
 from tests.reliability.inputs.corpus import CHAT, SESSION, VOICE, valid_images
-from tests.reliability.inputs.fleet import Rpc, all_rpcs
+from tests.reliability.inputs.fleet import Rpc, Served, all_rpcs
+from tests.reliability.inputs.protofuzz import message_class
 
 IMAGE, AUDIO = "mmserve.common.v1.Image", "mmserve.common.v1.Audio"
 Media: TypeAlias = media_pb2.Image | media_pb2.Audio
@@ -53,6 +54,7 @@ class Slot:
     build: Callable[[Media], Message]
     use: str = CHAT  # for audio: which limits apply (corpus.CHAT, SESSION, VOICE)
     needs_session: bool = False  # PushSessionInput: the test supplies a live session id
+    prepare: Callable[[Served], None] | None = None  # what must exist first (a collection)
 
     def __str__(self) -> str:
         return f"{self.capability}.{self.rpc_name}:{self.field}"
@@ -98,6 +100,69 @@ def _vision_slots() -> list[Slot]:
     ]
 
 
+HOSTILE_COLLECTION = "hostile-media"
+
+
+def _collection(served: Served) -> None:
+    request = _vision_request("CreateCollection", name=HOSTILE_COLLECTION, exist_ok=True)
+    made = served.call("CreateCollection", request)
+    assert made.code.name == "OK", str(made)
+
+
+def _vision_request(rpc: str, **fields: object) -> Message:
+    method = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].methods_by_name[rpc]
+    return message_class(method.input_type)(**fields)
+
+
+def streamed_embedding_rpcs() -> list[str]:
+    """Vision's server-streaming RPCs that embed a list of images (the bulk embedding)."""
+    service = vision_pb2.DESCRIPTOR.services_by_name["VisionService"]
+    return [
+        m.name
+        for m in service.methods
+        if m.server_streaming
+        and "images" in m.input_type.fields_by_name
+        and m.input_type.fields_by_name["images"].message_type.full_name == IMAGE
+    ]
+
+
+def _vision_store_slots() -> list[Slot]:
+    """Streamed embedding and the collections, where the service has them."""
+    methods = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].methods_by_name
+    slots = []
+    for name in streamed_embedding_rpcs():
+        slots.append(
+            Slot(
+                "vision",
+                name,
+                IMAGE,
+                "images[0]",
+                lambda m, name=name: _vision_request(name, images=[m]),  # type: ignore[misc]
+            )
+        )
+    if "UpsertItems" in methods:
+
+        def upsert(media: Media) -> Message:
+            request = _vision_request("UpsertItems", collection=HOSTILE_COLLECTION)
+            request.items.add(id="hostile").image.CopyFrom(media)
+            return request
+
+        slots.append(
+            Slot("vision", "UpsertItems", IMAGE, "items[0].image", upsert, prepare=_collection)
+        )
+        slots.append(
+            Slot(
+                "vision",
+                "Search",
+                IMAGE,
+                "image",
+                lambda m: _vision_request("Search", collection=HOSTILE_COLLECTION, image=m),
+                prepare=_collection,
+            )
+        )
+    return slots
+
+
 def _t2i_request(image: Media) -> t2i_pb2.ImageToImageRequest:
     return t2i_pb2.ImageToImageRequest(
         params=t2i_pb2.GenerationParams(prompt="a red house", num_inference_steps=2, seed=1),
@@ -141,7 +206,7 @@ def _push(media: Media) -> omni_pb2.PushSessionInputRequest:
 
 
 def all_slots() -> list[Slot]:
-    slots = _vision_slots()
+    slots = _vision_slots() + _vision_store_slots()
     for rpc in ("ImageToImage", "StreamImageToImage"):
         slots.append(Slot("t2i", rpc, IMAGE, "image", _t2i_request))
     for rpc in ("Chat", "StreamChat"):
@@ -152,6 +217,18 @@ def all_slots() -> list[Slot]:
     slots.append(
         Slot("omni", "PushSessionInput", AUDIO, "audio", _push, use=SESSION, needs_session=True)
     )
+    if "Transcribe" in omni_pb2.DESCRIPTOR.services_by_name["OmniService"].methods_by_name:
+        for rpc in ("Transcribe", "StreamTranscribe"):
+            slots.append(
+                Slot(
+                    "omni",
+                    rpc,
+                    AUDIO,
+                    "audio",
+                    lambda m: omni_pb2.TranscribeRequest(audio=m),  # type: ignore[arg-type]
+                    use=CHAT,  # the servers give Transcribe chat's clip length limit
+                )
+            )
     slots.append(
         Slot(
             "omni",

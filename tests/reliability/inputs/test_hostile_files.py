@@ -109,6 +109,8 @@ def _send_all(
 ) -> list[str]:
     accepted = accepted_codes(served, slot)
     problems: list[str] = []
+    if slot.prepare is not None:
+        slot.prepare(served)
     context = live_session(served) if slot.needs_session else nullcontext()
     with context as session:
         for name, media, expect in files:

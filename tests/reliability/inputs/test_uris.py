@@ -94,6 +94,8 @@ def test_uri_policy(
     field = f"{slot.field}.uri"
     asked_before = len(http_media.requested)
     problems: list[str] = []
+    if slot.prepare is not None:
+        slot.prepare(served)
     session_context = live_session(served) if slot.needs_session else None
     session = session_context.__enter__() if session_context else None
     try:

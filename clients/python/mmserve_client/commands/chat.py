@@ -1,4 +1,5 @@
-"""`ask` (vl), `chat` and `say` (omni): text streamed to stdout as it arrives, speech to WAV."""
+"""`ask` (vl) and `chat` (omni): text streamed to stdout as it arrives, speech to WAV. `say`
+lives in `speech` (it speaks the text itself, no chat model)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from ..events import Completed
 from ..results import ChatReply
 from ..wire.common import SamplingOptions
 from .context import Context
-
-SAY_SYSTEM = "Repeat the user's words exactly, and nothing else."
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
@@ -118,9 +117,3 @@ def chat(ctx: Context) -> int:
     args = ctx.args
     output = Path(args.output) if args.output else None
     return _omni(ctx, args.prompt, args.speech or output is not None, args.system, output)
-
-
-def say(ctx: Context) -> int:
-    args = ctx.args
-    system = args.system if args.system is not None else SAY_SYSTEM
-    return _omni(ctx, args.text, True, system, Path(args.output))

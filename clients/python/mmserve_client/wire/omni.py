@@ -35,6 +35,20 @@ from ..results import (
     SessionState,
     Voice,
 )
+from ..speech import (
+    SPEECH_FORMATS,
+    Segment,
+    SegmentDone,
+    Speech,
+    SpeechCompleted,
+    SpeechEvent,
+    SpeechPiece,
+    SpeechStarted,
+    Transcription,
+    TranscriptionCompleted,
+    TranscriptionEvent,
+    TranscriptionStarted,
+)
 from .common import (
     MessageLike,
     audio_chunk,
@@ -258,4 +272,137 @@ def voices_response(response: omni_pb2.ListVoicesResponse, _: str) -> list[Voice
 
 
 def nothing(_: Any, __: str) -> None:
+    return None
+
+
+# --- plain speech: Synthesize and Transcribe ---
+
+_SPEECH_FORMAT_ENUMS = {
+    "wav": omni_pb2.SPEECH_FORMAT_WAV,
+    "pcm": omni_pb2.SPEECH_FORMAT_PCM_S16LE,
+    "flac": omni_pb2.SPEECH_FORMAT_FLAC,
+    "mp3": omni_pb2.SPEECH_FORMAT_MP3,
+    "opus": omni_pb2.SPEECH_FORMAT_OPUS,
+    "aac": omni_pb2.SPEECH_FORMAT_AAC,
+}
+_SPEECH_FORMAT_NAMES = {value: name for name, value in _SPEECH_FORMAT_ENUMS.items()}
+
+
+def speech_format_name(value: int) -> str:
+    return _SPEECH_FORMAT_NAMES.get(value, "wav")
+
+
+def synthesize_request(
+    text: str,
+    voice: str = "",
+    format: str = "wav",
+    speed: float = 0.0,
+    sample_rate: int = 0,
+    chunk_ms: int = 0,
+) -> omni_pb2.SynthesizeRequest:
+    name = format.lower()
+    if name not in _SPEECH_FORMAT_ENUMS:
+        raise ValueError(f"unknown speech format {format!r}; use {', '.join(SPEECH_FORMATS)}")
+    return omni_pb2.SynthesizeRequest(
+        text=text,
+        voice=voice,
+        format=_SPEECH_FORMAT_ENUMS[name],
+        speed=speed,
+        sample_rate_hz=sample_rate,
+        chunk_ms=chunk_ms,
+    )
+
+
+def speech_response(response: omni_pb2.SynthesizeResponse, job_id: str) -> Speech:
+    return Speech(
+        job_id=job_id,
+        data=response.audio.data,
+        format=speech_format_name(response.format),
+        media_type=response.media_type,
+        sample_rate=response.audio.sample_rate_hz,
+        seconds=response.audio_seconds,
+        voice=response.voice,
+        usage=usage(response.usage),
+    )
+
+
+def speech_event(
+    response: omni_pb2.StreamSynthesizeResponse,
+) -> SpeechEvent | None:
+    shared = shared_event(response)
+    if shared is not None:
+        return shared
+    kind = response.WhichOneof("event")
+    job_id = response.job_id
+    if kind == "started":
+        started = response.started
+        return SpeechStarted(
+            job_id,
+            speech_format_name(started.format),
+            started.sample_rate_hz,
+            started.voice,
+            started.media_type,
+        )
+    if kind == "audio":
+        piece = response.audio
+        return SpeechPiece(job_id, piece.data, piece.index, piece.end_seconds)
+    if kind == "completed":
+        done = response.completed
+        return SpeechCompleted(job_id, done.audio_seconds, done.chunks, usage(done.usage))
+    return None
+
+
+def transcribe_request(
+    audio: AudioLike, language: str = "", prompt: str = "", temperature: float = 0.0
+) -> omni_pb2.TranscribeRequest:
+    return omni_pb2.TranscribeRequest(
+        audio=to_audio_proto(audio), language=language, prompt=prompt, temperature=temperature
+    )
+
+
+def segment(message: omni_pb2.TranscriptionSegment) -> Segment:
+    return Segment(
+        index=message.index,
+        start=message.start_seconds,
+        end=message.end_seconds,
+        text=message.text,
+        avg_logprob=message.avg_logprob,
+        no_speech_prob=message.no_speech_prob,
+        compression_ratio=message.compression_ratio,
+        temperature=message.temperature,
+        tokens=tuple(message.tokens),
+        seek=message.seek,
+    )
+
+
+def transcription_response(response: omni_pb2.TranscribeResponse, job_id: str) -> Transcription:
+    return Transcription(
+        job_id=job_id,
+        text=response.text,
+        language=response.language,
+        duration=response.duration_seconds,
+        segments=tuple(segment(s) for s in response.segments),
+        usage=usage(response.usage),
+        language_probability=response.language_probability,
+    )
+
+
+def transcription_event(
+    response: omni_pb2.StreamTranscribeResponse,
+) -> TranscriptionEvent | None:
+    shared = shared_event(response)
+    if shared is not None:
+        return shared
+    kind = response.WhichOneof("event")
+    job_id = response.job_id
+    if kind == "started":
+        started = response.started
+        return TranscriptionStarted(
+            job_id, started.language, started.duration_seconds, started.language_probability
+        )
+    if kind == "segment":
+        return SegmentDone(job_id, segment(response.segment))
+    if kind == "completed":
+        done = response.completed
+        return TranscriptionCompleted(job_id, done.text, done.segments, usage(done.usage))
     return None

@@ -1,4 +1,5 @@
-// Omni chat: type or speak (microphone), and get streamed text with speech played as it comes.
+// Omni chat: type or speak (microphone), and get streamed text with speech played as it comes;
+// below it a live session (microphone and camera in, speech out) and the reference voices.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Role } from "../gen/mmserve/common/v1/chat_pb";
 import type { ChatMessageSchema, ContentPartSchema } from "../gen/mmserve/omni/v1/omni_pb";
@@ -6,6 +7,8 @@ import type { Clients } from "../connection";
 import { describeError, isCancel } from "../connection";
 import { field, h, numberInput, numberValue, setState } from "../dom";
 import { JobRun, queueText, seconds } from "../jobs";
+import { liveSection } from "../live/panel";
+import { voiceSection } from "../live/voices";
 import { MicRecorder, SpeechPlayer, WAV } from "../media";
 
 type ChatMessage = MessageInitShape<typeof ChatMessageSchema>;
@@ -23,6 +26,8 @@ export function omniPanel(clients: () => Clients): HTMLElement {
   const stop = h("button", { id: "omni-stop", text: "Stop", disabled: true });
   const status = h("div", { id: "omni-status", class: "status" });
   const player = h("audio", { id: "omni-audio", controls: true });
+  const live = liveSection(clients);
+  const voices = voiceSection(clients, [voice, live.voice]);
   const panel = h(
     "section",
     { id: "panel-omni", class: "panel", "data-state": "idle" },
@@ -41,20 +46,28 @@ export function omniPanel(clients: () => Clients): HTMLElement {
     ),
     status,
     player,
+    live.element,
+    voices.element,
   );
 
   const history: ChatMessage[] = [];
   const mic = new MicRecorder();
   let clip: Uint8Array | null = null;
 
-  // Voices are listed once the panel is first shown (the edge may not be up at page load).
+  // The model's modes and voices are read once the panel is first shown (the edge may not be up
+  // at page load); a failure is retried the next time it is shown.
+  let described = false;
   panel.addEventListener("show", async () => {
-    if (voice.options.length > 1) return;
+    if (described) return;
     try {
-      const reply = await clients().omni.listVoices({});
-      for (const v of reply.voices) voice.append(h("option", { value: v.voiceId, text: v.name }));
-    } catch {
-      /* no voices: the default one is used */
+      const info = await clients().omni.getModelInfo({});
+      live.setModes(info.sessionModes, info.supportsImageInput, info.deviceHoldingSessionModes);
+      voices.setCloning(info.modelInfo?.capabilities.includes("voice_cloning") ?? false);
+      await voices.refresh();
+      described = true;
+      panel.dataset.described = "true";
+    } catch (error) {
+      live.element.dataset.problem = describeError(error);
     }
   });
 
