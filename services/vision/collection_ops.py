@@ -287,7 +287,7 @@ class UpsertItems(VisionRpc[_Upsert, Upserted]):
     async def compose(self, request: _Upsert, jobs: Jobs) -> Upserted:
         owner = _owner()
         # A missing collection or another model's fails before any embedding is paid for.
-        await self.collections.run("get", owner, request.collection, [], False)
+        await self.collections.run("check", owner, request.collection)
         images: np.ndarray | None = None
         texts: np.ndarray | None = None
         if request.images:
@@ -409,7 +409,7 @@ class Search(VisionRpc[_Search, Hits]):
 
     async def compose(self, request: _Search, jobs: Jobs) -> Hits:
         owner = _owner()
-        await self.collections.run("get", owner, request.collection, [], False)
+        await self.collections.run("check", owner, request.collection)
         query = await self.query_vector(request, jobs, owner)
         exclude = request.item_id if request.kind == "id" else None
         return await self.collections.run(

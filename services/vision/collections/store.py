@@ -207,7 +207,7 @@ class CollectionStore:
             opened.keys.difference_update(replaced_keys)
             opened.index.add(np.array(new_keys, dtype=np.int64), vectors)
             opened.keys.update(new_keys)
-            self._changed(owner, name, opened, len(new_keys) + len(replaced_keys))
+            self._changed(opened, len(new_keys) + len(replaced_keys))
             return Upserted(len(new_keys), len(replaced_keys))
 
     def delete_items(self, owner: str, name: str, ids: Sequence[str]) -> int:
@@ -225,8 +225,13 @@ class CollectionStore:
                         keys.append(row[0])
             opened.index.remove(np.array(keys, dtype=np.int64))
             opened.keys.difference_update(keys)
-            self._changed(owner, name, opened, len(keys))
+            self._changed(opened, len(keys))
             return len(keys)
+
+    def check(self, owner: str, name: str) -> CollectionInfo:
+        """The collection, when it exists and holds this service's model's vectors."""
+        with self._lock:
+            return self._checked(owner, self._require(owner, name))
 
     def get(
         self, owner: str, name: str, ids: Sequence[str], with_vectors: bool
@@ -359,9 +364,6 @@ class CollectionStore:
             self._open.clear()
             self._db.close()
 
-    def index_path(self, owner: str, name: str) -> Path:
-        return self._index_path(owner, name)
-
     # --- internals -----------------------------------------------------------------------
 
     @contextmanager
@@ -441,7 +443,7 @@ class CollectionStore:
         self._open[(owner, name)] = opened
         return opened
 
-    def _changed(self, owner: str, name: str, opened: _Open, count: int) -> None:
+    def _changed(self, opened: _Open, count: int) -> None:
         opened.changes += count
         if opened.changes >= SAVE_EVERY_CHANGES:
             opened.index.save(opened.path)
