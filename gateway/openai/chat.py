@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.openai import calls, media
-from gateway.openai.errors import OpenAIError, from_grpc, invalid, unknown_model
+from gateway.openai.errors import OpenAIError, from_grpc, invalid, path_rewriter, unknown_model
 from gateway.openai.schemas import ChatBody, parse, unsupported
 from gateway.openai.state import State
 from mmserve.common.v1 import chat_pb2
@@ -167,11 +167,7 @@ _PATHS = [
 ]
 
 
-def param_of(field: str) -> str:
-    """The OpenAI parameter behind a contract field path the service named."""
-    for pattern, replacement in _PATHS:
-        field = pattern.sub(replacement, field)
-    return field
+param_of = path_rewriter(_PATHS)
 
 
 def _usage(usage: Any) -> CompletionUsage:

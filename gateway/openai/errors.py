@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -95,6 +95,18 @@ def _details(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
 
 
 ParamMapper = Callable[[str], str | None]
+
+
+def path_rewriter(rules: Sequence[tuple[re.Pattern[str], str]]) -> Callable[[str], str]:
+    """A ParamMapper from (pattern, replacement) rules applied in order: the OpenAI parameter
+    behind a contract field path that a service named."""
+
+    def param_of(field: str) -> str:
+        for pattern, replacement in rules:
+            field = pattern.sub(replacement, field)
+        return field
+
+    return param_of
 
 
 def from_grpc(error: grpc.aio.AioRpcError, param_of: ParamMapper | None = None) -> OpenAIError:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.openai import calls, media
-from gateway.openai.errors import from_grpc, invalid, unknown_model
+from gateway.openai.errors import from_grpc, invalid, path_rewriter, unknown_model
 from gateway.openai.schemas import ImageGenerationBody, parse, unsupported
 from gateway.openai.state import State
 from mmserve.common.v1 import media_pb2
@@ -32,10 +32,7 @@ _PATHS = [
 ]
 
 
-def param_of(field: str) -> str:
-    for pattern, replacement in _PATHS:
-        field = pattern.sub(replacement, field)
-    return field
+param_of = path_rewriter(_PATHS)
 
 
 def _params(body: ImageGenerationBody) -> t2i_pb2.GenerationParams:
