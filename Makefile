@@ -6,7 +6,7 @@ GOPATH_GEN := $(CURDIR)/gen/go
 GO_ENV := GO111MODULE=off GOPATH=$(GOPATH_GEN):/usr/share/gocode GOCACHE=$(CURDIR)/.cache/go-build GOFLAGS=
 PROTO_FILES := $(shell find protos -name '*.proto')
 
-PHONY_EXTRA := run cert bench-deps soak bench profile install-containers images deploy-test
+PHONY_EXTRA := run cert bench-deps soak bench profile install-containers images deploy-test bench-gpu bench-gpu-check bench-gpu-wheels
 .PHONY: $(PHONY_EXTRA) help install install-editable install-system install-python install-node protos protos-python protos-ts protos-go \
 	      lint lint-protos breaking format test test-protos run clean
 
@@ -107,6 +107,18 @@ bench: install bench-deps ## every capability served vs in-process (CPU sizes, <
 
 profile: install bench-deps ## CPU profile (py-spy) of the served path on the tiny CLIP: bench/results/profile/
 	$(PY) -m bench.profile $(PROFILE_ARGS)
+
+bench-gpu: ## the GPU plan on a GPU machine, < 10 min: CLIP-L/14, SD 1.5, 3B vl goals (bench/RESULTS.md, "A GPU window")
+	$(PY) -m bench.run --plan gpu --out bench/results $(BENCH_ARGS)
+
+bench-gpu-check: ## the GPU plan without a GPU: its time estimates, then its cells on the tiny models on CPU
+	$(PY) -m bench.run --plan gpu --dry-run && $(PY) -m bench.run --plan gpu --smoke
+
+bench-gpu-wheels: ## the wheels a bare GPU machine lacks, into .whl/ (git-ignored locally) for bench/gpu_window.sh
+	grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+	rm -rf .whl && $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl -r bench/gpu-requirements.txt
 
 SOAK_SECONDS ?= 600
 soak: install ## reliability suites with a long soak (SOAK_SECONDS): memory under load, rolling restarts of every real capability

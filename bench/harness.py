@@ -66,6 +66,9 @@ class Options:
     litserve: bool = True
     envoy: bool = True
     batching: bool | None = None  # vl's batching option; default: on (the server's default)
+    # "full" (every cell of the profile) or "gpu" (bench.gpu_plan: the GPU goals' cells only,
+    # sized for a short GPU window; with quick, the same cells on the tiny models).
+    plan: str = "full"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class Plan:
     # Capabilities measured in more rounds than `repeats` (runs of seconds, whose ratios need
     # more rounds on a shared machine); --repeats overrides every capability.
     rounds: dict[str, int] = field(default_factory=dict)
+    plan: str = "full"  # full | gpu (Options.plan)
 
     def repeats_for(self, capability: str) -> int:
         return self.rounds.get(capability, self.repeats)
@@ -117,6 +121,9 @@ class Plan:
             flags.append("--compile")
         if capability in ("vision", "t2i") and self.device == "cpu":
             flags += ["--torch-threads", str(self.threads)]
+        if capability == "vision" and self.plan == "gpu":
+            # One forward pass for every waiting client, as the in-process baseline's batch.
+            flags += ["--max-batch-size", str(max(self.concurrency.get("vision", (1,))))]
         if capability == "vl" and self.vl_batching:
             top = max(self.concurrency.get("vl", (1,)))
             flags += ["--batching", "--batch-max-size", str(max(2, top))]
@@ -133,6 +140,8 @@ def make_plan(options: Options) -> Plan:
     if options.device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu or cuda, not {options.device!r}")
     gpu = options.device == "cuda"
+    if options.plan not in ("full", "gpu"):
+        raise ValueError(f"--plan must be full or gpu, not {options.plan!r}")
     profile = "tiny" if options.quick else ("gpu" if gpu else "cpu")
     dtype = {
         "auto": "bfloat16" if gpu else "float32",
@@ -193,12 +202,23 @@ def make_plan(options: Options) -> Plan:
             "edge_calls": 300,
         }
         repeats = 3
-    rounds = {"vision": 5, "vl": 5} if profile == "cpu" and not options.repeats else {}
+    # edge: runs of a fraction of a second, whose differences of p50s (a few tenths of a
+    # millisecond) move with the machine's load from one round to the next.
+    rounds = {"vision": 5, "vl": 5, "edge": 7} if profile == "cpu" and not options.repeats else {}
     envoy_concurrency = dict(concurrency)
     in_process_concurrency = dict(concurrency)
     if profile == "cpu":
         envoy_concurrency.update(t2i=(1,), vl=(1,))
         in_process_concurrency.update(t2i=(1,), vl=(1,))
+    if options.plan == "gpu":
+        from bench import gpu_plan
+
+        smoke = options.quick
+        profile = "tiny" if smoke else "gpu"
+        concurrency = dict(gpu_plan.SMOKE_CONCURRENCY if smoke else gpu_plan.GPU_CONCURRENCY)
+        sizes = dict(gpu_plan.SMOKE_SIZES if smoke else gpu_plan.GPU_SIZES)
+        repeats = gpu_plan.SMOKE_REPEATS if smoke else gpu_plan.GPU_REPEATS
+        rounds, envoy_concurrency, in_process_concurrency = {}, {}, dict(concurrency)
     return Plan(
         profile=profile,
         device=options.device,
@@ -206,14 +226,15 @@ def make_plan(options: Options) -> Plan:
         compile=options.compile,
         repeats=options.repeats or repeats,
         threads=options.threads or default_threads(),
-        litserve=options.litserve,
-        envoy=options.envoy,
+        litserve=options.litserve and options.plan != "gpu",
+        envoy=options.envoy and options.plan != "gpu",
         vl_batching=True if options.batching is None else options.batching,
         concurrency=concurrency,
         sizes=sizes,
         envoy_concurrency=envoy_concurrency,
         in_process_concurrency=in_process_concurrency,
         rounds=rounds,
+        plan=options.plan,
     )
 
 

@@ -19,7 +19,10 @@ user's speech: `vad_ms` (the session's "vad: speech ended" state: the VAD silenc
 `asr_ms` (the transcript), `ttft_ms` (first reply text), `ttfa_ms` (first reply audio) and the
 turn's end (the cell's latency). One fresh session per question, so every turn starts alike.
 `python bench/omni_bench.py --session-latency [--turns N] [--target HOST:PORT]` prints these
-parts alone (starting a server unless --target names one).
+parts alone (starting a server unless --target names one; `--server-args "FLAGS"` passes it
+flags). `--compare "FLAGS"` starts a second server with those flags and alternates the turns
+between the two, so a setting is measured on and off under the same load (e.g.
+`--compare=--no-session-early-asr`); the load average is printed beside the figures.
 
 Part of the runner: `python -m bench.run --capabilities omni` (this file run as a script is the
 same).
@@ -194,9 +197,11 @@ def spoken(text: str) -> Any:
     return resample(audio, voice.sample_rate, 16000)
 
 
-async def spoken_turn(stub: Any, question: str, tokens: int) -> dict[str, float]:
+async def spoken_turn(
+    stub: Any, question: str, tokens: int, heard: list[str] | None = None
+) -> dict[str, float]:
     """One half-duplex session answering `question` spoken at real time: the parts in ms from
-    the end of the user's speech (see the module's docstring)."""
+    the end of the user's speech (see the module's docstring); the transcripts go to `heard`."""
     import asyncio
 
     import numpy as np
@@ -231,6 +236,8 @@ async def spoken_turn(stub: Any, question: str, tokens: int) -> dict[str, float]
                 marks.setdefault("vad_ms", now)
             elif kind == "transcript":
                 marks.setdefault("asr_ms", now)
+                if heard is not None:
+                    heard.append(event.transcript.text)
             elif kind == "delta":
                 marks.setdefault("ttft_ms", now)
             elif kind == "audio":
@@ -291,10 +298,13 @@ class SessionClient(kit.ChannelClient):
 
 
 def session_latency(argv: Sequence[str]) -> int:
-    """`--session-latency [--turns N] [--target HOST:PORT]`: the parts of spoken turns."""
+    """`--session-latency [--turns N] [--target HOST:PORT] [--server-args ARGS] [--compare
+    ARGS]`: the parts of spoken turns. With --compare, a second server started with those
+    flags takes every other turn (paired rounds under the same load), each side reported."""
     import argparse
     import asyncio
-    import statistics
+    import os
+    import shlex
 
     import grpc
 
@@ -305,35 +315,68 @@ def session_latency(argv: Sequence[str]) -> int:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--target", default="")
+    parser.add_argument("--server-args", default="", help="flags of the started server")
+    parser.add_argument("--compare", default=None, help="flags of a second, compared server")
     args = parser.parse_args(argv)
-    server = None
-    target = args.target
-    if not target:
-        data_dir = tempfile.mkdtemp(prefix="omni-bench-")
-        server = kit.start_served("omni", ["--data-dir", data_dir], envoy=False)
-        target = server.targets()[kit.SERVED]
+    servers: list[Any] = []
+    targets = {"": args.target} if args.target else {}
 
-    async def measure() -> list[dict[str, float]]:
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = omni_pb2_grpc.OmniServiceStub(channel)
-            await spoken_turn(stub, QUESTIONS[0], args.tokens)  # warm-up, not counted
-            return [
-                await spoken_turn(stub, QUESTIONS[i % len(QUESTIONS)], args.tokens)
-                for i in range(args.turns)
-            ]
+    def start(flags: str) -> str:
+        data_dir = tempfile.mkdtemp(prefix="omni-bench-")
+        server = kit.start_served(
+            "omni", ["--data-dir", data_dir, *shlex.split(flags)], envoy=False
+        )
+        servers.append(server)
+        return str(server.targets()[kit.SERVED])
+
+    async def measure() -> dict[str, list[dict[str, float]]]:
+        stubs = {}
+        channels = []
+        for label, target in targets.items():
+            channels.append(grpc.aio.insecure_channel(target))
+            stubs[label] = omni_pb2_grpc.OmniServiceStub(channels[-1])
+        try:
+            results: dict[str, list[dict[str, float]]] = {label: [] for label in stubs}
+            for stub in stubs.values():
+                await spoken_turn(stub, QUESTIONS[0], args.tokens)  # warm-up, not counted
+            for i in range(args.turns):
+                # Alternating sides each round, so neither always goes first.
+                order = list(stubs.items()) if i % 2 == 0 else list(reversed(stubs.items()))
+                for label, stub in order:
+                    question = QUESTIONS[i % len(QUESTIONS)]
+                    results[label].append(await spoken_turn(stub, question, args.tokens))
+            return results
+        finally:
+            for channel in channels:
+                await channel.close()
 
     try:
-        turns = asyncio.run(measure())
+        if not targets:
+            targets[args.server_args or "default flags"] = start(args.server_args)
+            if args.compare is not None:
+                targets[args.compare or "default flags"] = start(args.compare)
+        before = os.getloadavg()
+        results = asyncio.run(measure())
+        after = os.getloadavg()
     finally:
-        if server is not None:
+        for server in servers:
             server.stop()
-    print(f"{len(turns)} spoken turns, ms after the end of the user's speech:")
+    load = f"load average {before[0]:.2f} before, {after[0]:.2f} after (1 min; noisy)"
+    for label, turns in results.items():
+        side = f" [{label}]" if label else ""
+        print(f"{len(turns)} spoken turns{side}, ms after the end of the user's speech, {load}:")
+        print_parts(turns)
+    return 0
+
+
+def print_parts(turns: Sequence[dict[str, float]]) -> None:
+    import statistics
+
     for name in SESSION_PARTS:
         values = sorted(t[name] for t in turns if name in t)
         if values:
             p90 = values[min(len(values) - 1, int(0.9 * len(values)))]
             print(f"  {name:8} p50 {statistics.median(values):7.0f}  p90 {p90:7.0f}")
-    return 0
 
 
 def benchmark(

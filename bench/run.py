@@ -8,7 +8,10 @@ repeated runs after warm-up.
     python -m bench.run --device cuda --dtype bf16 --compile   # GPU sizes, batching, compile
     python -m bench.run --out bench/results --update-results  # files + RESULTS.md section
     python -m bench.run --report-only bench/results/2-cpu-cores-no-gpu.json  # re-render
-    python -m bench.run --device cuda --compile --dry-run     # the GPU plan, without a GPU
+    python -m bench.run --device cuda --compile --dry-run     # the GPU sizes, without a GPU
+    python -m bench.run --plan gpu              # a short GPU window: the GPU goals (< 10 min)
+    python -m bench.run --plan gpu --dry-run    # that plan with its time estimates, anywhere
+    python -m bench.run --plan gpu --smoke      # that plan's cells on tiny models on CPU (CI)
 
 Capabilities: vision, t2i, vl, omni, edge (no model: what Envoy adds), clients (the Python SDK
 over the raw stubs). Each is a module bench/<capability>_bench.py.
@@ -34,6 +37,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: import from the repository, not from bench/
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
+from bench.gpu_plan import BUDGET_SECONDS
 from bench.harness import (
     CAPABILITIES,
     REPO,
@@ -73,13 +77,32 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--capabilities",
-        default=",".join(ALL),
-        help=f"comma-separated, in this order by default: {','.join(ALL)}",
+        default="",
+        help=f"comma-separated, in this order by default: {','.join(ALL)} (--plan gpu: its own)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny models, fewer clients and runs (a smoke run)"
     )
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--plan",
+        default="full",
+        choices=("full", "gpu"),
+        help="full: every cell of the profile; gpu: the GPU goals' cells only (bench.gpu_plan)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="with --plan gpu: the same cells on the tiny models, on CPU (no GPU needed)",
+    )
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=0,
+        help="skip a capability whose estimate no longer fits (0: --plan gpu's 600 s, else none)",
+    )
+    parser.add_argument(
+        "--device", default=None, choices=("cpu", "cuda"), help="cpu (default), cuda (--plan gpu)"
+    )
     parser.add_argument(
         "--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), fp32, bf16 or fp16"
     )
@@ -126,14 +149,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def options_from(args: argparse.Namespace) -> Options:
-    names = tuple(n.strip() for n in args.capabilities.split(",") if n.strip())
+    from bench.gpu_plan import GPU_CAPABILITIES
+
+    gpu_plan = args.plan == "gpu"
+    if args.smoke and not gpu_plan:
+        raise SystemExit("--smoke goes with --plan gpu")
+    text = args.capabilities or ",".join(GPU_CAPABILITIES if gpu_plan else ALL)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in ALL]
     if unknown:
         raise SystemExit(f"unknown capabilities {unknown}; choose from {', '.join(ALL)}")
+    if gpu_plan and set(names) - set(GPU_CAPABILITIES):
+        raise SystemExit(f"--plan gpu measures {', '.join(GPU_CAPABILITIES)} only")
+    device = args.device or ("cuda" if gpu_plan and not args.smoke else "cpu")
     return Options(
         capabilities=names,
-        quick=args.quick,
-        device=args.device,
+        quick=args.quick or args.smoke,
+        plan=args.plan,
+        device=device,
         dtype=args.dtype,
         compile=args.compile,
         repeats=args.repeats or None,
@@ -166,9 +199,15 @@ class LoadSampler:
 
 
 def run_capabilities(
-    plan: Plan, names: Sequence[str], log: Callable[[str], None]
+    plan: Plan,
+    names: Sequence[str],
+    log: Callable[[str], None],
+    deadline: float | None = None,
+    estimates: dict[str, float] | None = None,
 ) -> tuple[list[Cell], dict[str, Any], list[str]]:
-    """Each capability in turn; one that fails is recorded (with its error) and the run goes on."""
+    """Each capability in turn; one that fails is recorded (with its error) and the run goes on.
+    With a deadline (time.monotonic() seconds), a capability whose estimate no longer fits is
+    skipped and recorded as such: a short GPU window still yields the others' figures."""
     from bench.models import describe
 
     cells: list[Cell] = []
@@ -176,6 +215,14 @@ def run_capabilities(
     notes: list[str] = []
     for name in names:
         log(f"== {name}")
+        needed = (estimates or {}).get(name, 0.0)
+        if deadline is not None and time.monotonic() + needed > deadline:
+            left = max(0.0, deadline - time.monotonic())
+            status = f"skipped: about {needed:.0f} s needed, {left:.0f} s left before the deadline"
+            info[name] = {"model": describe(plan.profile, name), "elapsed_s": 0.0,
+                          "load": {"samples": []}, "status": status}  # fmt: skip
+            log(f"   {name}: {status}")
+            continue
         sampler = LoadSampler()
         started = time.perf_counter()
         status = "ok"
@@ -236,6 +283,16 @@ def write_outputs(
     return document
 
 
+def plan_estimates(plan: Plan, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The GPU plan's time estimates per capability and phase (none for the full plan)."""
+    if plan.plan != "gpu":
+        return {}
+    from bench.gpu_plan import estimate
+
+    chosen = {n: plan.concurrency[n] for n in names if n in plan.concurrency}
+    return estimate(chosen, plan.sizes, plan.repeats)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # SIGTERM (timeout, CI) unwinds like Ctrl-C: every server and child is stopped on the way.
@@ -254,11 +311,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = options_from(args)
     plan = make_plan(options)
+    estimates = plan_estimates(plan, options.capabilities)
     if args.dry_run:
         described = {
             **asdict(plan),
             "server_flags": {n: plan.server_flags(n) for n in options.capabilities},
         }
+        if plan.plan == "gpu":
+            from bench.gpu_plan import total_seconds
+
+            described["estimates_s"] = estimates
+            described["estimated_total_s"] = total_seconds(estimates)
+            described["budget_s"] = BUDGET_SECONDS
         print(json.dumps(described, indent=1, default=str))
         return 0
     setup_environment(plan.threads)
@@ -281,9 +345,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     more = "".join(f", {cap} {n}" for cap, n in plan.rounds.items())
     log(f"{meta['machine']}; plan {plan.profile}, {plan.repeats} runs per figure{more}")
-    cells, meta["capabilities"], meta["notes"] = run_capabilities(plan, options.capabilities, log)
+    deadline = args.deadline_s or (BUDGET_SECONDS if plan.plan == "gpu" else 0)
+    cells, meta["capabilities"], meta["notes"] = run_capabilities(
+        plan,
+        options.capabilities,
+        log,
+        deadline=time.monotonic() + deadline if deadline else None,
+        estimates={n: sum(e.values()) for n, e in estimates.items()},
+    )
     meta["elapsed_s"] = round(time.time() - started, 1)
-    document = write_outputs(meta, cells, args, log)
+    gpu_table = ""
+    if plan.plan == "gpu":
+        from bench.gpu_plan import VISION_TOP, evaluate_gpu_goals
+        from bench.stats import goals_table
+
+        top = max(plan.concurrency.get("vision", (VISION_TOP,)))
+        goals = evaluate_gpu_goals(cells, top)
+        meta["gpu_goals"] = [asdict(g) for g in goals]
+        where = meta["machine"]
+        if plan.profile == "tiny":
+            where += "; smoke run: tiny models, so the figures test the plan, not the goals"
+        gpu_table = f"\nGPU goals ({where}):\n\n{goals_table(goals)}\n"
+    document = write_outputs(meta, cells, args, log) + gpu_table
     if args.json != "-":
         print(document)
     failed = [n for n, i in meta["capabilities"].items() if i["status"] != "ok"]

@@ -30,6 +30,8 @@ EDGE_CLUSTER = "edge"
 PLAYGROUND_CLUSTER = "playground"
 # The OpenAI-compatible HTTP service (python -m gateway.openai), when the edge routes /v1/.
 OPENAI_CLUSTER = "openai"
+# The OpenTelemetry collector Envoy sends its spans to, when tracing.
+OTLP_CLUSTER = "otlp_collector"
 # The edge service reports itself under this health name (its cluster's own check); the
 # capabilities' names report their replicas (see gateway/edge.py).
 EDGE_HEALTH_SERVICE = "mmserve.edge"
@@ -140,6 +142,16 @@ class EdgeConfig:
         default=4 * 1024 * 1024, metadata=_help("Per-connection flow-control buffer.")
     )
     access_log: bool = field(default=True, metadata=_help("JSON access log on stdout."))
+    otlp_endpoint: str = field(
+        default="",
+        metadata=_help(
+            "OTLP/gRPC collector for Envoy's spans (http://host:4317; https:// for TLS); "
+            "empty: no tracing at the edge."
+        ),
+    )
+    trace_sample_percent: float = field(
+        default=100.0, metadata=_help("Calls Envoy starts a sampled trace for, in percent.")
+    )
     # A static file server with the browser playground (gateway/static.py): GET and HEAD of
     # every path no gRPC route takes go there. None: no such route (the default).
     playground: Endpoint | None = None
@@ -150,6 +162,26 @@ class EdgeConfig:
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
+        if self.otlp_endpoint:
+            self.otlp  # noqa: B018  (fails now, naming the endpoint, rather than at render)
+        if not 0.0 <= self.trace_sample_percent <= 100.0:
+            raise ValueError(
+                f"trace_sample_percent must be in [0, 100], not {self.trace_sample_percent}"
+            )
+
+    @property
+    def otlp(self) -> Endpoint:
+        """The collector's address: otlp_endpoint without its scheme (http, https or none)."""
+        _, _, address = self.otlp_endpoint.rpartition("://")
+        return Endpoint.parse(address.rstrip("/"))
+
+    @property
+    def otlp_tls(self) -> bool:
+        return self.otlp_endpoint.startswith("https://")
+
+    @property
+    def otlp_cluster(self) -> str:
+        return OTLP_CLUSTER
 
     @property
     def clusters(self) -> tuple[Upstream, ...]:

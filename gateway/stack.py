@@ -10,6 +10,7 @@ Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import ssl
 import sys
@@ -71,6 +72,9 @@ class StackConfig:
     # The OpenAI-compatible HTTP service (python -m gateway.openai) under /v1/ on the edge.
     openai: bool = True
     openai_port: int = 0  # its own loopback port (0: a free one)
+    # An OTLP/gRPC collector: Envoy and every replica send it their spans. "" keeps tracing off
+    # (for the services, unless their own environment names a collector).
+    otlp_endpoint: str = ""
 
 
 class Stack:
@@ -133,7 +137,10 @@ class Stack:
             *group.args,
         ]
         log = self.config.run_dir / "logs" / f"{group.spec.name}-{index}.log"
-        return Child(f"{group.spec.name}[{index}]", argv, log, dict(self.config.env))
+        env = dict(self.config.env)
+        if self.config.otlp_endpoint:
+            env["MMSERVE_OTLP_ENDPOINT"] = self.config.otlp_endpoint
+        return Child(f"{group.spec.name}[{index}]", argv, log, env)
 
     def start_replica(self, name: str, index: int) -> Child:
         """(Re)starts one replica on its port: the one Envoy already routes to."""
@@ -157,6 +164,7 @@ class Stack:
             admin_port=self.admin_port,
             playground=static,
             openai=(Endpoint("127.0.0.1", self.openai_port),) if self.config.openai else (),
+            otlp_endpoint=self.config.otlp_endpoint or base.otlp_endpoint,
         )
 
     def start(self) -> None:
@@ -375,6 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="Serve the OpenAI-compatible HTTP API (python -m gateway.openai) under /v1/ on "
         "the edge's port.",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("MMSERVE_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+        help="OpenTelemetry collector (OTLP/gRPC, http://host:4317): Envoy and every service "
+        "send it one trace per call. Default: env MMSERVE_OTLP_ENDPOINT, "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; empty: off.",
+    )
+    parser.add_argument(
+        "--trace-sample-percent",
+        type=float,
+        default=100.0,
+        help="With --otlp-endpoint: the calls Envoy traces, in percent (the services follow "
+        "its decision).",
+    )
     parser.add_argument("--tls-cert", default="", help="PEM certificate: serve HTTPS/h2.")
     parser.add_argument("--tls-key", default="", help="PEM private key for --tls-cert.")
     parser.add_argument(
@@ -425,6 +449,7 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
         cors_origins=tuple(args.cors_origin or EdgeConfig.cors_origins),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        trace_sample_percent=args.trace_sample_percent,
     )
     return StackConfig(
         groups=groups,
@@ -438,6 +463,7 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
         playground=WEB_DIR / "dist" if args.playground else None,
         openai=args.openai,
         openai_port=OPENAI_PORT if args.fixed_ports else 0,
+        otlp_endpoint=args.otlp_endpoint,
     )
 
 

@@ -21,8 +21,9 @@ from gateway.openai.errors import OpenAIError, ParamMapper, from_grpc
 
 # Headers that reach the services as gRPC metadata: the key is checked by the service
 # (services/runtime/security.py), the request id ties the edge's, this service's and the
-# service's logs together.
-PASSED_HEADERS = ("authorization", "x-request-id")
+# service's logs together, and the W3C trace context makes the service's spans children of
+# the edge's (services/runtime/tracing.py).
+PASSED_HEADERS = ("authorization", "x-request-id", "traceparent", "tracestate")
 TIMEOUT_HEADER = "x-request-timeout"
 # The service's job id, as the gRPC services send it (Envoy's access log shows it too).
 JOB_HEADER = "mmserve-job-id"

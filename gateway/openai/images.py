@@ -1,6 +1,7 @@
 """POST /v1/images/generations -> t2i TextToImage / StreamTextToImage, and
-POST /v1/images/edits (multipart) -> ImageToImage / StreamImageToImage. Streams carry OpenAI's
-image streaming events: the step previews as partial images, then the completed image(s)."""
+POST /v1/images/edits (multipart) -> ImageToImage / StreamImageToImage, or InpaintImage /
+StreamInpaintImage when a mask comes with it. Streams carry OpenAI's image streaming events:
+the step previews as partial images, then the completed image(s)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from starlette.responses import Response
 
 from gateway.openai import calls, media
 from gateway.openai.errors import from_grpc, invalid, path_rewriter, unknown_model
+from gateway.openai.masks import inpainting_mask
 from gateway.openai.schemas import ImageGenerationBody, parse, unsupported
 from gateway.openai.state import State
 from mmserve.common.v1 import media_pb2
@@ -169,6 +171,7 @@ async def _run(
     body: ImageGenerationBody,
     edit: media_pb2.Image | None,
     strength: float | None,
+    mask: media_pb2.Image | None = None,
 ) -> Response:
     params = _params(body)
     preview = await _preview(state, request, body)
@@ -178,11 +181,14 @@ async def _run(
     if edit is None:
         message: Any = t2i_pb2.TextToImageRequest(params=params, preview=preview)
         unary, streaming, prefix = stub.TextToImage, stub.StreamTextToImage, "image_generation"
-    else:
+    elif mask is None:
         message = t2i_pb2.ImageToImageRequest(params=params, image=edit, preview=preview)
-        if strength is not None:
-            message.strength = strength
         unary, streaming, prefix = stub.ImageToImage, stub.StreamImageToImage, "image_edit"
+    else:
+        message = t2i_pb2.InpaintImageRequest(params=params, image=edit, mask=mask, preview=preview)
+        unary, streaming, prefix = stub.InpaintImage, stub.StreamInpaintImage, "image_edit"
+    if edit is not None and strength is not None:
+        message.strength = strength
     if body.stream:
         call = streaming(message, metadata=meta, timeout=deadline)
         try:
@@ -219,8 +225,9 @@ async def edits(request: Request) -> Response:
         raise invalid("image: a file upload is required", "image")
     if len(uploads) > 1:
         raise unsupported("image", "one input image per request")
-    if form.get("mask") is not None:
-        raise unsupported("mask", "masks are not supported; the whole image is transformed")
+    mask_upload = form.get("mask")
+    if mask_upload is not None and not isinstance(mask_upload, UploadFile):
+        raise invalid("mask: a PNG file upload is expected", "mask")
     fields: dict[str, Any] = {k: form[k] for k in _FORM_FIELDS if isinstance(form.get(k), str)}
     if "stream" in fields:
         fields["stream"] = str(fields["stream"]).lower() in ("true", "1")
@@ -235,4 +242,7 @@ async def edits(request: Request) -> Response:
     upload = uploads[0]
     assert isinstance(upload, UploadFile)
     image = media_pb2.Image(data=await upload.read())
-    return await _run(request, state, body, image, strength)
+    mask: media_pb2.Image | None = None
+    if mask_upload is not None:
+        mask = media_pb2.Image(data=inpainting_mask(await mask_upload.read()))
+    return await _run(request, state, body, image, strength, mask)

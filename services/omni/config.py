@@ -113,6 +113,15 @@ class OmniSettings(ChatSettings):
     vad_pad_ms: int = Field(
         200, ge=0, description="Audio kept before detected speech so no word start is lost."
     )
+    session_early_asr: bool = Field(
+        True,
+        description=(
+            "Sessions start transcribing once the user's silence is vad_pad_ms long, while the "
+            "VAD waits out the rest of vad_min_silence_ms; the transcript is used when the "
+            "silence lasts (speech that resumes discards it). Costs a wasted recognition per "
+            "short pause; off: recognition starts at the end of the turn."
+        ),
+    )
     # --- limits (the token budget and context are the chat settings') ---
     max_new_tokens: MaxNewTokens = 1024
     max_messages: MaxMessages = 256

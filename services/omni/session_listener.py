@@ -52,7 +52,20 @@ class BargeIn:
     """The user started speaking over the model's reply."""
 
 
-ListenerAction = VadNote | TurnReady | BargeIn
+@dataclass(frozen=True)
+class SpeechPaused:
+    """The user went quiet: `audio` is the turn's audio if the silence lasts (VAD's
+    SPEECH_PAUSED), so the turn's transcription may start before the turn is complete."""
+
+    audio: FloatAudio
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """The user spoke again after SpeechPaused: that audio will not be the turn's."""
+
+
+ListenerAction = VadNote | TurnReady | BargeIn | SpeechPaused | SpeechResumed
 
 
 @dataclass
@@ -127,7 +140,11 @@ class Listener:
             return []  # heard while speaking: dropped
         actions: list[ListenerAction] = []
         for update in self._vad.feed(samples):
-            if not self.replying:
+            if update.event in (VadEvent.SPEECH_PAUSED, VadEvent.SPEECH_RESUMED):
+                early = self._early(update)
+                if early is not None and not self.replying:
+                    actions.append(early)
+            elif not self.replying:
                 actions += self._on_vad(update)
             elif update.event is VadEvent.SPEECH_STARTED and not self._barged:
                 self._barged = True
@@ -135,6 +152,15 @@ class Listener:
             else:
                 self._deferred.append(update)
         return actions
+
+    def _early(self, update: VadUpdate) -> SpeechPaused | SpeechResumed | None:
+        """Only a turn whose audio is this one utterance (none gathered before it) is known
+        early: its audio is then exactly the paused utterance."""
+        if update.event is VadEvent.SPEECH_RESUMED:
+            return SpeechResumed()
+        if update.utterance is None or self._pending.audio:
+            return None
+        return SpeechPaused(update.utterance)
 
     def _on_vad(self, update: VadUpdate) -> list[ListenerAction]:
         actions: list[ListenerAction] = [VadNote(f"vad: {update.event.value}")]

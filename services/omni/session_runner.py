@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from services.omni.engine import OmniEngine, VoiceChoice
@@ -178,12 +179,28 @@ class TurnRunner:
         if spec.system_prompt:
             self._history.append(Message(Role.SYSTEM, (TextPart(spec.system_prompt),)))
         self._conversation = ConversationState()
+        # (audio, transcript) made by `transcribe_early` before the turn was complete.
+        self._early: tuple[FloatAudio, str] | None = None
         # Set while no turn function runs on the device (a cancelled job's function may still
         # be winding down after its handle failed): a recording is closed only then.
         self.idle = threading.Event()
         self.idle.set()
 
-    # ---- the job ------------------------------------------------------------------------
+    # ---- the jobs -----------------------------------------------------------------------
+
+    def transcribe_early(self, ctx: JobContext, samples: FloatAudio) -> None:
+        """A job queued when the user goes quiet, before the VAD ends the turn: the turn job
+        that follows uses this transcript when its audio is the same (the silence lasted), so
+        recognition overlaps the rest of the VAD's silence window. Nothing is emitted here:
+        speech that resumes makes the result unused."""
+        ctx.check()
+        self._early = (samples, self._engine.transcribe(samples))
+
+    def _transcribe(self, samples: FloatAudio) -> str:
+        early, self._early = self._early, None
+        if early is not None and np.array_equal(early[0], samples):
+            return early[1]
+        return self._engine.transcribe(samples)
 
     def run(self, ctx: JobContext, turn: int, user: UserTurn, stop: threading.Event) -> TurnOutcome:
         """One user turn on the device: `stop` set means the user barged in (stop replying)."""
@@ -204,7 +221,7 @@ class TurnRunner:
                 audio.append(AudioPart(user.audio))
             else:
                 # Transcribed here (not inside respond) so the transcript event comes first.
-                heard = self._engine.transcribe(user.audio)
+                heard = self._transcribe(user.audio)
                 ctx.emit(Heard(turn, heard, True))
                 if heard.strip():
                     texts.append(heard.strip())

@@ -29,7 +29,15 @@ from typing import Any
 from services.omni.config import OmniSettings
 from services.omni.engine import OmniEngine
 from services.omni.recordings import SessionRecorder, prune_recordings
-from services.omni.session_listener import BargeIn, Listener, ListenerAction, TurnReady, VadNote
+from services.omni.session_listener import (
+    BargeIn,
+    Listener,
+    ListenerAction,
+    SpeechPaused,
+    SpeechResumed,
+    TurnReady,
+    VadNote,
+)
 from services.omni.session_runner import (
     Activity,
     ActivityChanged,
@@ -129,6 +137,7 @@ class Session:
     ready: collections.deque[UserTurn] = field(default_factory=collections.deque)
     worker: asyncio.Task[None] | None = None
     current: _Turn | None = None
+    early: JobHandle | None = None  # the early transcription job (see TurnRunner)
     max_events: int = 4096
     input_rate: int = 16000
 
@@ -258,12 +267,30 @@ class SessionManager:
                 if session.current is not None:
                     session.current.stop.set()
                     session.current.barged.set()
+            elif isinstance(action, SpeechPaused | SpeechResumed):
+                self._early(session, action)
             elif isinstance(action, TurnReady):
                 session.ready.append(action.user)
                 if session.worker is None or session.worker.done():
                     session.worker = asyncio.create_task(
                         self._turns(session), name=f"session-{session.session_id}"
                     )
+
+    def _early(self, session: Session, action: SpeechPaused | SpeechResumed) -> None:
+        """Starts transcribing a paused utterance while the VAD waits out its silence window;
+        speech that resumes cancels it (a job already running just goes unused)."""
+        if session.early is not None:
+            session.early.cancel("speech resumed")
+            session.early = None
+        runner = session.runner
+        if not isinstance(action, SpeechPaused) or runner is None or session.busy:
+            return
+        engine = self._engine
+        if not self._settings.session_early_asr or engine.traits.audio_input or not engine.asr:
+            return
+        work = functools.partial(runner.transcribe_early, samples=action.audio)
+        with contextlib.suppress(ServingError):  # a full queue: the turn transcribes itself
+            session.early = self._runtime.executor.submit("session_asr", work, owner=session.owner)
 
     def touch(self, session: Session) -> None:
         session.last_input = time.monotonic()
@@ -367,6 +394,8 @@ class SessionManager:
             turn.queue_timer = None
 
     def _end_job(self, session: Session) -> None:
+        if session.early is not None and session.closed:
+            session.early.cancel("session closed")
         turn = session.current
         if turn is not None:
             self._started(session, turn)

@@ -63,16 +63,26 @@ class VadConfig:
 class VadEvent(enum.Enum):
     SPEECH_STARTED = "speech started"
     SPEECH_ENDED = "speech ended"
+    # The silence after speech reached the pad: the utterance is what SPEECH_ENDED will carry
+    # if the silence lasts, so work on it can start early (see `VoiceActivityDetector`).
+    SPEECH_PAUSED = "speech paused"
+    # Speech came back after SPEECH_PAUSED: that utterance will not end the turn.
+    SPEECH_RESUMED = "speech resumed"
 
 
 @dataclass(frozen=True)
 class VadUpdate:
     event: VadEvent
-    utterance: FloatAudio | None = None  # the whole utterance, on SPEECH_ENDED
+    utterance: FloatAudio | None = None  # the whole utterance, on SPEECH_ENDED and SPEECH_PAUSED
 
 
 class VoiceActivityDetector:
-    """Streaming detector for one session: feed any number of samples, get the events."""
+    """Streaming detector for one session: feed any number of samples, get the events.
+
+    SPEECH_ENDED keeps `pad` of the trailing silence, so once the silence is `pad` long the
+    utterance that ends the turn is already known: SPEECH_PAUSED carries it then, about
+    `min_silence - pad` before SPEECH_ENDED, and its samples are exactly those SPEECH_ENDED
+    will carry unless SPEECH_RESUMED comes in between."""
 
     def __init__(self, model: SileroModel, config: VadConfig) -> None:
         self._model = model
@@ -119,7 +129,9 @@ class VoiceActivityDetector:
                 return VadUpdate(VadEvent.SPEECH_STARTED)
             return None
         self._speech.append(frame)
-        self._run = self._run + 1 if prob < self._neg_threshold else 0
+        silent = prob < self._neg_threshold
+        paused = self._early_end() and self._run >= self._pad_frames
+        self._run = self._run + 1 if silent else 0
         if self._run >= self._end_frames or len(self._speech) >= self._max_frames:
             # Keep `pad` of the trailing silence; drop the rest of it.
             keep = len(self._speech) - max(0, self._run - self._pad_frames)
@@ -128,7 +140,16 @@ class VoiceActivityDetector:
             self._speech = []
             self._run = 0
             return VadUpdate(VadEvent.SPEECH_ENDED, utterance)
+        if self._early_end() and silent and self._run == self._pad_frames:
+            return VadUpdate(VadEvent.SPEECH_PAUSED, np.concatenate(self._speech))
+        if paused and not silent:
+            return VadUpdate(VadEvent.SPEECH_RESUMED)
         return None
+
+    def _early_end(self) -> bool:
+        """Whether SPEECH_PAUSED can come before SPEECH_ENDED (a pad shorter than the
+        silence window, and one frame at least)."""
+        return 0 < self._pad_frames < self._end_frames
 
     def take_speech(self) -> FloatAudio | None:
         """Ends a turn early (end_of_turn pushed mid-speech): the speech so far, if any."""

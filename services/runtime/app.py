@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from PIL import Image
 
 from mmserve.common.v1 import job_pb2, media_pb2, model_pb2
-from services.runtime import errors, job_protos
+from services.runtime import errors, job_protos, tracing
 from services.runtime.builtin import has_random_weights, random_weights_notice
 from services.runtime.calls import JOB_ID_HEADER, current_call
 from services.runtime.config import ServiceSettings
@@ -206,7 +206,9 @@ class ServiceRuntime:
         return self.executor.expect(kind, batch_key)
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
+        # The pool's threads do not inherit the call's context: a traced call hands it over.
+        work = tracing.in_call_context(fn)
+        return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, work, *args)
 
     def _submit(
         self,
@@ -224,7 +226,7 @@ class ServiceRuntime:
             call = current_call()
             handle = self.executor.submit(
                 kind,
-                fn,
+                fn if fn is None else tracing.on_device(fn, kind),
                 batch_input=batch_input,
                 batch_key=batch_key,
                 deadline=deadline,
@@ -271,6 +273,7 @@ class ServiceRuntime:
         """Runs one job for a unary call; the job id goes out in the response headers at once
         (the first job's, when a call runs several). `expected`: the announcement of this job
         (`expect_job`), withdrawn once it is queued."""
+        trace = tracing.current()
         handle = self._submit(context, kind, fn, batch_input, batch_key, expected)
         try:
             await self._announce(context, handle)
@@ -280,6 +283,8 @@ class ServiceRuntime:
             raise
         finally:
             self._record_queue_wait(handle)
+            if trace is not None:
+                tracing.job_ended(trace, handle.snapshot(), batched=fn is None)
         snap = handle.snapshot()
         return result, snap.usage
 
@@ -296,6 +301,7 @@ class ServiceRuntime:
         executor's events with heartbeats; a failed job raises its error (the interceptor maps
         it). Leaving the loop early, or the client going away, cancels the job. A batch kind's
         job streams too: its batch operation emits on each job's own context."""
+        trace = tracing.current()
         handle = self._submit(context, kind, fn, batch_input, batch_key)
         try:
             first = True
@@ -313,6 +319,8 @@ class ServiceRuntime:
             # Runs on normal end, on client cancel (CancelledError) and on generator close.
             handle.cancel("client went away")
             self._record_queue_wait(handle)
+            if trace is not None:
+                tracing.job_ended(trace, handle.snapshot(), batched=fn is None)
 
     def _record_queue_wait(self, handle: JobHandle) -> None:
         call = current_call()

@@ -178,6 +178,40 @@ class ServiceSettings(BaseSettings):
     )
     attention: str = Field("auto", description="auto (flash_attention_2 if installed, else sdpa).")
     compile: bool = Field(False, description="torch.compile the model; warmed up before SERVING.")
+    device_map: str = Field(
+        "",
+        description=(
+            "Split a model too large for one device (accelerate): auto/balanced, "
+            "balanced_low_0, sequential, or a JSON module->device map. Empty: whole on `device`."
+        ),
+    )
+    max_memory: str = Field(
+        "", description="With device_map: per-device caps, e.g. '0=30GiB,1=30GiB,cpu=64GiB'."
+    )
+    offload_folder: Path | None = Field(
+        None, description="With device_map: folder for layers that fit on no device (disk)."
+    )
+    # --- tracing ---
+    otlp_endpoint: str = Field(
+        "",
+        description=(
+            "OTLP/gRPC collector that receives traces (http://host:4317 plaintext, https:// "
+            "TLS; a bare host:port is plaintext). Empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+            "OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off (OTEL_SDK_DISABLED=true: off)."
+        ),
+    )
+    trace_service_name: str = Field(
+        "", description="service.name of the spans; empty: OTEL_SERVICE_NAME, else mmserve-<cap>."
+    )
+    trace_sample_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Share of calls traced when the caller did not decide (a traceparent's sampled flag "
+            "wins); unset: OTEL_TRACES_SAMPLER, else every call."
+        ),
+    )
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."

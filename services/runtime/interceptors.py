@@ -31,6 +31,7 @@ from services.runtime.logs import EventLine
 from services.runtime.metrics import ServiceMetrics
 from services.runtime.security import KeyStore, RateLimiter
 from services.runtime.status import code_of, to_grpc_status
+from services.runtime.tracing import CallSpan, Tracing
 
 access_log = logging.getLogger("mmserve.access")
 error_log = logging.getLogger("mmserve.errors")
@@ -99,8 +100,11 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         metrics: ServiceMetrics | None = None,
         open_probes: bool = True,
         max_concurrent_calls: int = 0,
+        tracing: Tracing | None = None,
     ) -> None:
         self._keys = keys
+        # None when tracing is off: calls then meet no tracing code beyond this check.
+        self._tracing = tracing
         self._limiter = limiter
         self._metrics = metrics
         self._open_probes = open_probes
@@ -206,7 +210,9 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         await context.abort_with_status(_Status(status.code, status.details, trailing))
         return code  # unreachable: abort raises
 
-    def _finish(self, info: CallInfo, code: grpc.StatusCode, open_method: bool) -> None:
+    def _finish(
+        self, info: CallInfo, code: grpc.StatusCode, open_method: bool, trace_id: str = ""
+    ) -> None:
         seconds = time.monotonic() - info.started
         if self._metrics and not open_method:
             self._call_metrics(info.method, code).observe(seconds)
@@ -225,6 +231,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             "key_id": info.key_id or None,
             "peer": info.peer,
         }
+        if trace_id:
+            record["trace_id"] = trace_id
         access_log.log(level, EventLine(record))
 
     @contextlib.asynccontextmanager
@@ -243,6 +251,11 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         token = bind_call(info)
         code = grpc.StatusCode.OK
         holds_slot = False
+        # Probes are not traced: the edge checks every replica each second.
+        span: CallSpan | None = None
+        if self._tracing is not None and not open_method:
+            span = self._tracing.start_call(method, metadata, info.request_id)
+        failure: BaseException | None = None
         try:
             context.set_trailing_metadata(info.trailers())
             if unary and not wants_early_job_id(metadata):
@@ -263,12 +276,15 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             raise
         except Exception as exc:
             code = code_of(exc)
+            failure = exc
             await info.settle_header()
             await self._fail(context, info, exc)
         finally:
             if holds_slot:
                 self._calls_in_flight -= 1
-            self._finish(info, code, open_method)
+            if span is not None:
+                span.end(code, info.job_id, failure)
+            self._finish(info, code, open_method, span.trace_id if span is not None else "")
             unbind_call(token)
 
     def _wrap_unary(

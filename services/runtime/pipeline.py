@@ -22,6 +22,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
+from services.runtime import tracing
 from services.runtime.app import Accepted, fill_job_event
 from services.runtime.errors import JobCancelled, OutOfMemory, Unimplemented
 from services.runtime.executor import (
@@ -105,7 +106,8 @@ class Pipeline:
     async def _prepare(self, operation: Operation[Any, Any, Any], request: Any) -> Any:
         if not operation.prepares():
             return request
-        return await self.runtime.run_cpu(operation.prepare, request)
+        with tracing.step("prepare", operation.kind):
+            return await self.runtime.run_cpu(operation.prepare, request)
 
     async def run(
         self, context: Any, operation: Operation[Any, Any, Any], request: Any, usage: Usage
@@ -184,7 +186,8 @@ class Pipeline:
         request = operation.parse(message, UNARY)
         usage = Usage()
         result = await self.run(context, operation, request, usage)
-        return await operation.render(result, usage)
+        with tracing.step("render", operation.kind):
+            return await operation.render(result, usage)
 
     async def stream(
         self,
@@ -219,7 +222,9 @@ class Pipeline:
                 elif isinstance(event, JobProgress):
                     reply = await renderer.progress(event)
                 elif isinstance(event, JobFinished):
-                    reply = await renderer.done(event.result, Usage.of(event.usage))
+                    # The final answer is the stream's render; partial outputs are not traced.
+                    with tracing.step("render", operation.kind):
+                        reply = await renderer.done(event.result, Usage.of(event.usage))
                 else:
                     continue
                 if reply is not None:

@@ -8,12 +8,14 @@ work, finish queued and running jobs within the grace period, then exit 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,6 +31,10 @@ from services.runtime.pipeline import Pipeline, add_operations, service_descript
 from services.runtime.references import imported
 from services.runtime.security import KeyStore, RateLimiter
 from services.runtime.threads import apply_gil_switch_interval, apply_openmp_wait_policy
+from services.runtime.tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("mmserve.server")
 
@@ -94,10 +100,17 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
 class ServiceServer:
     """One running capability server; usable in-process by tests and by `main`."""
 
-    def __init__(self, capability: Capability, settings: ServiceSettings) -> None:
+    def __init__(
+        self,
+        capability: Capability,
+        settings: ServiceSettings,
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
+        """`span_exporter`: also export spans there (tests), even with no OTLP endpoint."""
         self.capability = capability
         self.settings = settings
         self.runtime = ServiceRuntime(capability.name, settings, capability.engine(settings))
+        self.tracing = Tracing.from_settings(settings, capability.name, span_exporter)
         keys = KeyStore.from_sources(settings.api_keys, settings.api_keys_file)
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         self.server = grpc.aio.server(
@@ -108,6 +121,7 @@ class ServiceServer:
                     self.runtime.metrics,
                     open_probes=settings.open_probes,
                     max_concurrent_calls=settings.max_concurrent_calls,
+                    tracing=self.tracing,
                 )
             ],
             options=server_options(settings),
@@ -182,6 +196,11 @@ class ServiceServer:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         self.runtime.close()
+        if self.tracing is not None:
+            # Sends the spans still buffered; bounded, so an unreachable collector cannot
+            # hold the exit (the export thread gives up on its own timeout).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.to_thread(self.tracing.close), 10.0)
         self._stopped.set()
         log.info(json.dumps({"event": "stopped", "drained": drained}))
         return drained
@@ -192,6 +211,8 @@ class ServiceServer:
 
 async def serve(capability: Capability, settings: ServiceSettings) -> int:
     server = ServiceServer(capability, settings)
+    if server.tracing is not None:
+        server.tracing.install_global()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -40,6 +40,29 @@ class T2ISettings(ServiceSettings):
         description="Replace the pipeline's scheduler with this diffusers class (from its "
         "config), e.g. EulerDiscreteScheduler; empty keeps the model's own.",
     )
+    lora_dir: str = Field(
+        "",
+        description="Folder of LoRA adapters (*.safetensors in a format diffusers' "
+        "load_lora_weights reads), loaded at start; each file's stem is the adapter name a "
+        "request passes in GenerationParams.adapters. Empty: no adapters.",
+    )
+    max_adapter_weight: float = Field(
+        10.0, gt=0, description="Largest absolute weight a request may give an adapter."
+    )
+    step_cache: Literal["none", "first_block"] = Field(
+        "none",
+        description="Skip denoiser work between similar steps with diffusers' own cache hooks: "
+        "first_block (First Block Cache) reuses the rest of the transformer's output while the "
+        "first block's output barely changes. Faster, slightly different images. Families "
+        "whose denoiser has diffusers' cache hooks (FLUX, Qwen-Image, ...); others fail loading.",
+    )
+    step_cache_threshold: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="First Block Cache: relative change of the first block's residual under "
+        "which the other blocks are skipped; higher is faster and further from uncached.",
+    )
     compile_mode: str | None = Field(
         None, description="torch.compile mode when compile is on (default, max-autotune, ...)."
     )
@@ -83,6 +106,22 @@ class T2ISettings(ServiceSettings):
     # --- previews ---
     preview_default_max_side: int = Field(
         128, ge=16, le=512, description="Preview size when a request's max_side is 0."
+    )
+
+    # --- batching ---
+    max_batch_size: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Most text-to-image requests of one shape (size, steps, guidance, "
+        "scheduler, adapters) denoised as one batch; each keeps its prompt, negative prompt, "
+        "seeds and previews. 1 runs every request alone.",
+    )
+    max_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long the oldest queued request waits for companions of its shape; 0 "
+        "batches whatever queued while the device was busy and never delays a lone request.",
     )
 
     # --- memory and speed ---

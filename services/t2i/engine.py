@@ -13,10 +13,11 @@ import gc
 import inspect
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -24,10 +25,14 @@ from services.runtime import errors
 from services.runtime.devices import TorchOptions, device_memory_bytes, dtype_name
 from services.runtime.engine import Engine, EngineInfo
 from services.runtime.executor import JobContext
+from services.t2i import batching
+from services.t2i.adapters import Adapters, check_adapters
+from services.t2i.caching import StepCache
 from services.t2i.config import T2ISettings
 from services.t2i.families import FamilyProfile, GenerationLimits, profile_for, resolve_limits
 from services.t2i.loader import LoadedPipelines, latent_multiple, load_pipelines, native_size
-from services.t2i.previews import LatentPreviewer, calibrate
+from services.t2i.previews import LatentPreviewer, PreviewFrame, calibrate
+from services.t2i.schedulers import Schedulers
 from services.t2i.validation import GenerationPlan, GenerationRequest, plan_generation
 
 log = logging.getLogger("mmserve.t2i.engine")
@@ -36,17 +41,6 @@ _SEED_MODULUS = 2**64
 _TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 # Tokenizers without a real limit report a huge model_max_length; ignore those.
 _UNBOUNDED_TOKENS = 1_000_000
-
-
-@dataclass(frozen=True)
-class PreviewFrame:
-    """A preview emitted during a job (ctx.emit): the first image's latents as RGB."""
-
-    step: int
-    total: int
-    elapsed_seconds: float
-    eta_seconds: float
-    rgb: np.ndarray[Any, Any]  # uint8 (h, w, 3) at latent resolution
 
 
 @dataclass(frozen=True)
@@ -67,6 +61,9 @@ class T2IEngine(Engine):
         self._limits: GenerationLimits | None = None
         self._previewer: LatentPreviewer | None = None
         self._call_args: dict[int, frozenset[str]] = {}
+        self._adapters = Adapters()
+        self._schedulers = Schedulers()
+        self._cache = StepCache()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -85,6 +82,11 @@ class T2IEngine(Engine):
         self._loaded = loaded
         self._profile = profile_for(loaded.family.family)
         self._previewer = calibrate(loaded.text_to_image)
+        self._schedulers = Schedulers(loaded.text_to_image.scheduler)
+        self._adapters = Adapters.load(loaded.text_to_image, settings.lora_dir)
+        self._cache = StepCache.apply(
+            loaded.text_to_image, settings.step_cache, settings.step_cache_threshold
+        )
         self._limits = resolve_limits(
             self._profile,
             settings,
@@ -93,6 +95,11 @@ class T2IEngine(Engine):
             max_prompt_tokens=self._token_limits()[0][1] if self._token_limits() else 0,
             supports_image_to_image=loaded.image_to_image is not None,
             scheduler_max_steps=_scheduler_steps(loaded.text_to_image),
+        )
+        self._limits = replace(
+            self._limits,
+            supports_inpainting=loaded.inpainting is not None,
+            supports_image_editing=loaded.editing is not None,
         )
 
     def warmup(self) -> None:
@@ -147,6 +154,16 @@ class T2IEngine(Engine):
         return type(self.pipelines.text_to_image.scheduler).__name__
 
     @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        """Schedulers a request may name (GenerationParams.scheduler)."""
+        return self._schedulers.names
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """LoRA adapters a request may name (GenerationParams.adapters)."""
+        return self._adapters.names
+
+    @property
     def previews_available(self) -> bool:
         return self._previewer is not None
 
@@ -156,10 +173,16 @@ class T2IEngine(Engine):
         capabilities = ["text_to_image"]
         if loaded.image_to_image is not None:
             capabilities.append("image_to_image")
+        if loaded.inpainting is not None:
+            capabilities.append("inpainting")
+        if loaded.editing is not None:
+            capabilities.append("image_editing")
         if self._previewer is not None:
             capabilities.append("step_previews")
         if self._profile.negative_prompt:
             capabilities.append("negative_prompt")
+        if self._cache.kind != "none":
+            capabilities.append(f"step_cache_{self._cache.kind}")
         return EngineInfo(
             family=loaded.family.family,
             model_id=loaded.model_id,
@@ -181,20 +204,69 @@ class T2IEngine(Engine):
         self, request: GenerationRequest, problems: errors.Violations | None = None
     ) -> GenerationPlan:
         """Validates `request` and fills in the defaults; see `plan_generation`."""
-        return plan_generation(request, self.limits, problems)
+        report_here = problems is None
+        problems = errors.Violations() if problems is None else problems
+        plan = plan_generation(request, self.limits, problems)
+        adapters = check_adapters(
+            request.adapters, self._adapters.names, self.settings.max_adapter_weight, problems
+        )
+        scheduler = self._schedulers.check(request.scheduler, problems)
+        if report_here:
+            problems.raise_if_any()
+        return replace(plan, adapters=adapters, scheduler=scheduler)
+
+    @contextmanager
+    def configured(self, plan: GenerationPlan) -> Iterator[None]:
+        """The pipelines set up for `plan` inside the block: its LoRA adapters and scheduler,
+        the step cache's state cleared. Device thread only; every run, alone or batched, goes
+        through here."""
+        self._adapters.activate(plan.adapters)
+        self._cache.reset()
+        with self._schedulers.using(self.pipelines.all(), plan.scheduler):
+            yield
 
     def generate(self, ctx: JobContext, plan: GenerationPlan) -> GenerationOutput:
         """Runs one plan on the device thread; cancellable at every step."""
-        loaded = self.pipelines
-        pipe = loaded.text_to_image if plan.image is None else loaded.image_to_image
-        if pipe is None:
-            raise errors.Unimplemented("this model family has no image-to-image pipeline")
+        pipe = self._pipeline_for(plan)
         truncated, tokens = self._prompt_tokens(plan)
         state = _StepState(ctx, plan, self._previewer, time.monotonic())
-        kwargs = self._call_kwargs(pipe, plan, state)
+        images = self._run(pipe, plan, self._call_kwargs(pipe, plan, state))
+        ctx.check()  # a cancel that arrived during the final decode
+        return GenerationOutput(images, plan.seed, state.steps_done, truncated, tokens)
+
+    def generate_batch(
+        self, contexts: Sequence[JobContext], plans: Sequence[GenerationPlan]
+    ) -> list[GenerationOutput | Exception]:
+        """Runs plans of one `batching.batch_key` as one pipeline call, each row with its own
+        prompts, seeds and previews; a row cancelled during the call gets its error."""
+        if len(plans) == 1:
+            return [self.generate(contexts[0], plans[0])]
+        pipe = self._pipeline_for(plans[0])
+        rows = batching.rows_of(contexts, plans)
+        tokens = [self._prompt_tokens(plan) for plan in plans]
+        steps = batching.BatchSteps(rows, self._previewer)
+        accepted = self._accepted_args(pipe)
+        kwargs = self._call_kwargs(pipe, plans[0], steps)
+        negatives = [self._negative(plan, accepted) for plan in plans]
+        per_row = batching.row_inputs(rows, negatives)
+        kwargs.update({key: value for key, value in per_row.items() if key in accepted})
+        images = batching.split_images(rows, self._run(pipe, plans[0], kwargs))
+        outputs: list[GenerationOutput | Exception] = []
+        for row, row_images, (truncated, count) in zip(rows, images, tokens, strict=True):
+            error = row.ctx.cancel.error
+            if error is not None:
+                outputs.append(error)
+                continue
+            outputs.append(
+                GenerationOutput(row_images, row.plan.seed, steps.steps_done, truncated, count)
+            )
+        return outputs
+
+    def _run(self, pipe: Any, plan: GenerationPlan, kwargs: dict[str, Any]) -> list[Image.Image]:
+        """The pipeline call set up for `plan` (every row of a batch shares its setup)."""
         try:
-            with torch.inference_mode():
-                images = pipe(**kwargs).images
+            with torch.inference_mode(), self.configured(plan):
+                return list(pipe(**kwargs).images)
         except errors.ServingError:
             self._release(pipe)
             raise
@@ -203,8 +275,22 @@ class T2IEngine(Engine):
             if _is_allocation_failure(exc):
                 raise errors.OutOfMemory(f"out of memory generating images: {exc}") from exc
             raise
-        ctx.check()  # a cancel that arrived during the final decode
-        return GenerationOutput(list(images), plan.seed, state.steps_done, truncated, tokens)
+
+    def _pipeline_for(self, plan: GenerationPlan) -> Any:
+        loaded = self.pipelines
+        if plan.edit:
+            if loaded.editing is None:
+                raise errors.FailedPrecondition("this model has no instruction-edit pipeline")
+            return loaded.editing
+        if plan.mask is not None:
+            if loaded.inpainting is None:
+                raise errors.FailedPrecondition("this model family has no inpainting pipeline")
+            return loaded.inpainting
+        if plan.image is None:
+            return loaded.text_to_image
+        if loaded.image_to_image is None:
+            raise errors.Unimplemented("this model family has no image-to-image pipeline")
+        return loaded.image_to_image
 
     def _call_kwargs(self, pipe: Any, plan: GenerationPlan, state: _StepState) -> dict[str, Any]:
         profile = self._profile
@@ -229,17 +315,26 @@ class T2IEngine(Engine):
         if plan.image is not None:
             kwargs["image"] = plan.image
             kwargs["strength"] = plan.strength
+        if plan.mask is not None:
+            kwargs["mask_image"] = plan.mask
         kwargs[profile.cfg_argument] = plan.guidance_scale
         if profile.cfg_argument != "guidance_scale" and _guidance_distilled(pipe):
             kwargs["guidance_scale"] = plan.guidance_scale
-        if profile.negative_prompt and "negative_prompt" in accepted:
-            negative = plan.negative_prompt or None
-            if negative is None and profile.blank_negative_for_cfg and plan.guidance_scale > 1:
-                negative = " "
-            kwargs["negative_prompt"] = negative
+        if "negative_prompt" in accepted:
+            kwargs["negative_prompt"] = self._negative(plan, accepted)
         if "use_resolution_binning" in accepted:
             kwargs["use_resolution_binning"] = self.settings.resolution_binning
         return {k: v for k, v in kwargs.items() if k in accepted}
+
+    def _negative(self, plan: GenerationPlan, accepted: frozenset[str]) -> str | None:
+        """The negative prompt the pipeline gets; None where the family takes none."""
+        profile = self._profile
+        if not profile.negative_prompt or "negative_prompt" not in accepted:
+            return None
+        negative = plan.negative_prompt or None
+        if negative is None and profile.blank_negative_for_cfg and plan.guidance_scale > 1:
+            negative = " "
+        return negative
 
     def _accepted_args(self, pipe: Any) -> frozenset[str]:
         key = id(pipe)

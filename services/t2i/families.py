@@ -83,6 +83,10 @@ PROFILES: dict[str, FamilyProfile] = {
 }
 
 
+# Qwen-Image-Edit checkpoints are Qwen-Image with an edit-trained transformer.
+PROFILES["qwen_image_edit"] = PROFILES["qwen_image"]
+
+
 def profile_for(family: str) -> FamilyProfile:
     return PROFILES.get(family, GENERIC)
 
@@ -107,6 +111,8 @@ class GenerationLimits:
     max_prompt_tokens: int
     supports_image_to_image: bool
     supports_negative_prompt: bool
+    supports_inpainting: bool = False
+    supports_image_editing: bool = False
 
 
 def resolve_limits(

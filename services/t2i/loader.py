@@ -3,8 +3,9 @@
 The family comes from the folder's model_index.json. HunyuanDiT and Qwen-Image load through
 their own pipeline classes; everything else through AutoPipelineForText2Image (Stable Diffusion
 1.x/2.x, SDXL, SD3, FLUX, ...), falling back to DiffusionPipeline for pipelines the auto
-mappings do not know. Image-to-image reuses the loaded components with `from_pipe`, so the
-weights are in memory once.
+mappings do not know. Image-to-image, inpainting (services.t2i.inpainting) and instruction
+edits (services.t2i.editing) reuse the loaded components with `from_pipe`, so the weights are
+in memory once.
 """
 
 from __future__ import annotations
@@ -21,15 +22,28 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, Dif
 from services.runtime.builtin import resolve_model
 from services.runtime.devices import TorchOptions, maybe_compile
 from services.runtime.model_source import ModelFamily, discover_family
+from services.runtime.placement import Placement
 from services.t2i.builtin import BUILTINS
 from services.t2i.config import T2ISettings
+from services.t2i.editing import editing_pipeline
+from services.t2i.inpainting import inpainting_pipeline
 
 log = logging.getLogger("mmserve.t2i.loader")
 
 # Families whose pipelines the auto mappings do not pick (or pick differently) for our needs.
-_TEXT_TO_IMAGE_CLASSES = {"hunyuan_dit": "HunyuanDiTPipeline", "qwen_image": "QwenImagePipeline"}
+# A Qwen-Image-Edit checkpoint (QwenImageEditPipeline in model_index.json) has Qwen-Image's
+# components plus a processor: it serves text-to-image through QwenImagePipeline too, and its
+# edit pipeline comes from services.t2i.editing.
+_TEXT_TO_IMAGE_CLASSES = {
+    "hunyuan_dit": "HunyuanDiTPipeline",
+    "qwen_image": "QwenImagePipeline",
+    "qwen_image_edit": "QwenImagePipeline",
+}
 # `DiffusionPipeline.from_pipe` cannot switch Qwen-Image's task; its own class can.
-_IMAGE_TO_IMAGE_CLASSES = {"qwen_image": "QwenImageImg2ImgPipeline"}
+_IMAGE_TO_IMAGE_CLASSES = {
+    "qwen_image": "QwenImageImg2ImgPipeline",
+    "qwen_image_edit": "QwenImageImg2ImgPipeline",
+}
 
 
 @dataclass
@@ -41,9 +55,22 @@ class LoadedPipelines:
     family: ModelFamily
     folder: Path
     model_id: str
+    inpainting: Any | None = None
+    editing: Any | None = None  # instruction edits (Qwen-Image-Edit)
+
+    def all(self) -> list[Any]:
+        """Every pipeline present, text-to-image first."""
+        pipes = (self.text_to_image, self.image_to_image, self.inpainting, self.editing)
+        return [pipe for pipe in pipes if pipe is not None]
 
 
 def load_pipelines(settings: T2ISettings, options: TorchOptions) -> LoadedPipelines:
+    if Placement.from_settings(settings).enabled:
+        # diffusers places whole components, not layers; offloading is its way to fit.
+        raise ValueError(
+            "device_map: not supported for diffusers pipelines; use cpu_offload 'model' or "
+            "'sequential' to run a pipeline larger than the GPU"
+        )
     resolved = resolve_model(settings, BUILTINS, legacy=("tiny_model", settings.tiny_model))
     folder, model_id = resolved.folder, resolved.model_id
     family = discover_family(folder)
@@ -57,23 +84,25 @@ def load_pipelines(settings: T2ISettings, options: TorchOptions) -> LoadedPipeli
         pipe.scheduler = _scheduler(settings.scheduler, pipe.scheduler.config)
     # Made before placement so both pipelines share the components offload hooks attach to.
     image_pipe = _image_to_image(pipe, family, options.dtype)
+    inpaint_pipe = inpainting_pipeline(pipe, family.family, **_dtype_kwargs(options.dtype))
+    edit_pipe = editing_pipeline(pipe, family.family, folder, **_dtype_kwargs(options.dtype))
     _place(pipe, settings, options)
     _set_attention(pipe, options.attention)
     _configure_vae(pipe, settings)
     denoiser = _denoiser(pipe)
     if options.compile and denoiser is not None:
         maybe_compile(denoiser, True, options.compile_mode)
-    for each in (pipe, image_pipe):
-        if each is not None:
-            each.set_progress_bar_config(disable=True)
+    loaded = LoadedPipelines(pipe, image_pipe, family, folder, model_id, inpaint_pipe, edit_pipe)
+    for each in loaded.all():
+        each.set_progress_bar_config(disable=True)
     log.info(
-        "loaded %s (%s) from %s; image-to-image: %s",
+        "loaded %s (%s) from %s; also: %s",
         type(pipe).__name__,
         family.family,
         folder,
-        type(image_pipe).__name__ if image_pipe is not None else "none",
+        ", ".join(type(each).__name__ for each in loaded.all()[1:]) or "nothing else",
     )
-    return LoadedPipelines(pipe, image_pipe, family, folder, model_id)
+    return loaded
 
 
 def _load_text_to_image(

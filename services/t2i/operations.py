@@ -8,6 +8,7 @@ on the CPU pool (services.t2i.rendering).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -17,8 +18,9 @@ from mmserve.common.v1 import media_pb2
 from mmserve.t2i.v1 import t2i_pb2
 from services.runtime import errors
 from services.runtime.app import ServiceRuntime
-from services.runtime.executor import JobContext
+from services.runtime.executor import BatchSpec, JobContext
 from services.runtime.operations import (
+    BatchedOperation,
     CallFacts,
     Inline,
     Operation,
@@ -26,6 +28,8 @@ from services.runtime.operations import (
     StreamRenderer,
     Usage,
 )
+from services.t2i import batching
+from services.t2i.adapters import AdapterChoice
 from services.t2i.config import T2ISettings
 from services.t2i.engine import T2IEngine
 from services.t2i.rendering import Encoding, Generated, GenerationStream, generation_result
@@ -130,12 +134,33 @@ class _Generation(Operation[Parsed, GenerationJob, Generated]):
         return preview.max_side
 
 
-class TextToImage(_Generation[GenerationJob]):
-    """TextToImage and StreamTextToImage."""
+class TextToImage(
+    _Generation[GenerationJob], BatchedOperation[GenerationJob, GenerationJob, Generated]
+):
+    """TextToImage and StreamTextToImage; queued requests of one shape share a denoising
+    batch (services.t2i.batching)."""
 
     kind = "text_to_image"
     response_cls = t2i_pb2.TextToImageResponse
     stream_response_cls = t2i_pb2.StreamTextToImageResponse
+
+    def batch_spec(self) -> BatchSpec | None:
+        settings = self.runtime.settings_as(T2ISettings)
+        if settings.max_batch_size <= 1:
+            return None
+        return BatchSpec(settings.max_batch_size, settings.max_batch_wait_ms)
+
+    def batch_key(self, prepared: GenerationJob) -> Hashable:
+        return batching.batch_key(prepared.plan)
+
+    def run_batch(
+        self, prepared: list[GenerationJob], contexts: list[JobContext]
+    ) -> list[Generated | Exception]:
+        outputs = self.engine.generate_batch(contexts, [job.plan for job in prepared])
+        return [
+            output if isinstance(output, Exception) else Generated(output, job.delivery.encoding)
+            for output, job in zip(outputs, prepared, strict=True)
+        ]
 
     def parse(self, message: t2i_pb2.TextToImageRequest, call: CallFacts) -> GenerationJob:
         problems = errors.Violations()
@@ -195,6 +220,9 @@ class ModelInfo(Inline):
         limits = engine.loaded_limits
         if limits is not None:
             reply.scheduler = engine.scheduler_name
+            reply.schedulers.extend(engine.scheduler_names)
+            reply.adapters.extend(engine.adapter_names)
+            reply.max_adapter_weight = engine.settings.max_adapter_weight
             reply.limits.CopyFrom(
                 t2i_pb2.GenerationLimits(
                     size_multiple=limits.size_multiple,
@@ -211,6 +239,8 @@ class ModelInfo(Inline):
                     max_prompt_tokens=limits.max_prompt_tokens,
                     supports_image_to_image=limits.supports_image_to_image,
                     supports_negative_prompt=limits.supports_negative_prompt,
+                    supports_inpainting=limits.supports_inpainting,
+                    supports_image_editing=limits.supports_image_editing,
                 )
             )
         return reply
@@ -218,13 +248,21 @@ class ModelInfo(Inline):
 
 def operations(runtime: ServiceRuntime) -> OperationTable:
     """The service's table: each RPC and what answers it."""
+    # Imported here: those operations build on this module's.
+    from services.t2i.editing_operations import EditImage, InpaintImage
+
     text_to_image = TextToImage(runtime)
     image_to_image = ImageToImage(runtime)
+    inpaint, edit = InpaintImage(runtime), EditImage(runtime)
     return {
         "TextToImage": text_to_image,
         "StreamTextToImage": text_to_image,
         "ImageToImage": image_to_image,
         "StreamImageToImage": image_to_image,
+        "InpaintImage": inpaint,
+        "StreamInpaintImage": inpaint,
+        "EditImage": edit,
+        "StreamEditImage": edit,
         "GetModelInfo": ModelInfo(runtime),
     }
 
@@ -242,6 +280,15 @@ def _generation_request(
         seed=params.seed if params.HasField("seed") else None,
         num_images=params.num_images if params.HasField("num_images") else None,
         strength=strength,
+        adapters=tuple(
+            AdapterChoice(
+                a.name,
+                # float32 on the wire: 0.7 arrives as 0.699999988; keep what the client wrote.
+                float(f"{a.weight:.7g}") if a.HasField("weight") else None,
+            )
+            for a in params.adapters
+        ),
+        scheduler=params.scheduler,
     )
 
 

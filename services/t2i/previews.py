@@ -25,6 +25,17 @@ _CALIBRATION_SEED = 1234
 
 
 @dataclass(frozen=True)
+class PreviewFrame:
+    """A preview emitted during a job (ctx.emit): one image's latents as RGB."""
+
+    step: int
+    total: int
+    elapsed_seconds: float
+    eta_seconds: float
+    rgb: np.ndarray[Any, Any]  # uint8 (h, w, 3) at latent resolution
+
+
+@dataclass(frozen=True)
 class LatentPreviewer:
     """Projects latents (any of the layouts pipelines use) to a small RGB array."""
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from services.runtime.errors import Unimplemented, Violations
+from services.t2i.adapters import AdapterChoice
 from services.t2i.families import GenerationLimits
 
 MAX_SEED = 2**64 - 1
@@ -36,6 +37,9 @@ class GenerationRequest:
     # Image-to-image only: the decoded input's size and the strength.
     input_size: tuple[int, int] | None = None
     strength: float | None = None
+    # LoRA adapters and scheduler; checked against the loaded pipeline by the engine.
+    adapters: tuple[AdapterChoice, ...] = ()
+    scheduler: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,11 @@ class GenerationPlan:
     num_images: int
     strength: float | None = None  # set for image-to-image
     image: Image.Image | None = None  # the input, already resized to width x height
+    mask: Image.Image | None = None  # inpainting: greyscale, width x height, white repaints
+    edit: bool = False  # an instruction edit: `image` is the input as sent, at its own size
     preview_every: int = 0  # emit a preview every this many steps; 0 never
+    adapters: tuple[tuple[str, float], ...] = ()  # (name, weight) active for the job
+    scheduler: str = ""  # scheduler class for the job; "" the configured one
 
 
 def plan_generation(

@@ -62,6 +62,7 @@ class Collections:
                     self.settings.data_dir / "collections",
                     self.engine.info().model_id,
                     self.engine.dimension,
+                    self.settings.collection_exact_max_vectors,
                 )
                 self.runtime.on_close(self._store.close)
             return self._store

@@ -9,6 +9,7 @@ out-of-memory error leaves here unhandled: the executor splits the batch and low
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from services.runtime.devices import (
 from services.runtime.engine import Engine, EngineInfo
 from services.runtime.errors import FailedPrecondition
 from services.runtime.model_source import discover_family
+from services.runtime.placement import Placement, input_device
 from services.vision import loading
 from services.vision.config import VisionSettings
 from services.vision.families import Family, UnsupportedModel, describe
@@ -90,8 +92,15 @@ class VisionEngine(Engine):
         found = discover_family(self.folder)
         if found.library != "transformers":
             raise UnsupportedModel(f"{self.folder} is a diffusers model, not an embedding model")
-        model = self._from_pretrained(AutoModel, self.folder)
-        model.eval().to(self.options.device)
+        placement = Placement.from_settings(self.settings)
+        placement.check_compatible(self.settings.compile)
+        model = self._from_pretrained(AutoModel, self.folder, placement.from_pretrained_kwargs())
+        if placement.enabled:  # accelerate placed each layer; inputs go to the first one's
+            device = input_device(model, self.options.device)
+            self.options = dataclasses.replace(self.options, device=device)
+            model.eval()
+        else:
+            model.eval().to(self.options.device)
         self.family = describe(found.model_type, model)
         self.image_processor = loading.load_image_processor(self.folder)
         self.preprocessor = choose_preprocessor(
@@ -108,9 +117,9 @@ class VisionEngine(Engine):
         self.model = self._compile(model)
         log.info("loaded %s (%s) from %s", type(model).__name__, self.family.name, self.folder)
 
-    def _from_pretrained(self, cls: Any, folder: Path) -> Any:
+    def _from_pretrained(self, cls: Any, folder: Path, placed: dict[str, Any]) -> Any:
         assert self.options is not None
-        kwargs: dict[str, Any] = {"dtype": self.options.dtype}
+        kwargs: dict[str, Any] = {"dtype": self.options.dtype, **placed}
         try:
             return cls.from_pretrained(folder, attn_implementation=self.options.attention, **kwargs)
         except (ValueError, ImportError) as exc:

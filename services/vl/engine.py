@@ -46,6 +46,7 @@ from services.runtime.errors import FieldViolation, InvalidArgument, JobCancelle
 from services.runtime.executor import JobContext
 from services.runtime.images import MAX_ASPECT_RATIO
 from services.runtime.model_source import discover_family
+from services.runtime.placement import Placement, input_device
 from services.vl import batching
 from services.vl.builtin import BUILTINS
 from services.vl.chat import ChatInput, ChatLimits
@@ -120,13 +121,21 @@ class VLEngine(Engine):
                 "set trust_remote_code to load it"
             )
         model_cls = _MODEL_CLASSES.get(family.model_type, AutoModelForImageTextToText)
+        placement = Placement.from_settings(settings)
+        placement.check_compatible(settings.compile)
         model = model_cls.from_pretrained(
             folder,
             dtype=self.options.dtype,
             attn_implementation=self.options.attention,
             trust_remote_code=settings.trust_remote_code,
+            **placement.from_pretrained_kwargs(),
         )
-        model.to(self.options.device).eval()
+        if placement.enabled:  # accelerate placed each layer; inputs go to the first one's
+            device = input_device(model, self.options.device)
+            self.options = dataclasses.replace(self.options, device=device)
+        else:
+            model.to(self.options.device)
+        model.eval()
         self.model = maybe_compile(model, settings.compile)
         self.processor = load_processor(
             folder, family.model_type, trust_remote_code=settings.trust_remote_code

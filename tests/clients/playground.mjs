@@ -83,11 +83,27 @@ try {
     await page.fill("#t2i-steps", "4");
     await page.fill("#t2i-seed", "7");
     await page.fill("#t2i-preview-every", "1");
+    // Options beyond size and steps; the scheduler list comes from GetModelInfo.
+    await page.waitForSelector("#t2i-scheduler option[value=EulerDiscreteScheduler]", { state: "attached", timeout: 30_000 });
+    await page.selectOption("#t2i-scheduler", "EulerDiscreteScheduler");
+    await page.fill("#t2i-negative", "blurry");
+    await page.fill("#t2i-guidance", "3.5");
     await watch("#t2i-status");
     await page.click("#t2i-run");
     const final = await settle("t2i");
+    const imageBase64 = await page.evaluate(async () => {
+      const img = document.querySelector("#t2i-images img");
+      if (!img) return "";
+      const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+      return btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""));
+    });
+    await page.selectOption("#t2i-scheduler", "");
+    await page.fill("#t2i-negative", "");
+    await page.fill("#t2i-guidance", "");
     return {
       state: final,
+      imageBase64,
+      schedulers: await page.locator("#t2i-scheduler option").count(),
       status: await text("#t2i-status"),
       statuses: await seen("#t2i-status"),
       previews: Number(await page.getAttribute("#panel-t2i", "data-previews")),
@@ -116,6 +132,30 @@ try {
     const final = await settle("t2i");
     await page.fill("#t2i-width", "");
     return { state: final, status: await text("#t2i-status") };
+  });
+
+  await step("t2i_inpaint", async () => {
+    await page.selectOption("#t2i-mode", "inpaint");
+    await page.setInputFiles("#t2i-image", [imageA]);
+    await page.waitForSelector("#t2i-mask-canvas", { state: "visible", timeout: 30_000 });
+    // A stroke across the middle of the picture: the area to repaint.
+    const box = await page.locator("#t2i-mask-canvas").boundingBox();
+    await page.mouse.move(box.x + box.width * 0.3, box.y + box.height * 0.5);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.7, box.y + box.height * 0.5, { steps: 8 });
+    await page.mouse.up();
+    await page.fill("#t2i-steps", "2");
+    await page.click("#t2i-run");
+    const final = await settle("t2i");
+    const result = {
+      state: final,
+      status: await text("#t2i-status"),
+      images: await page.locator("#t2i-images img").count(),
+      maskDrawn: await page.getAttribute("#t2i-inputs", "data-mask-drawn"),
+      editDisabled: await page.locator("#t2i-mode option[value=edit]").evaluate((o) => o.disabled),
+    };
+    await page.selectOption("#t2i-mode", "generate");
+    return result;
   });
 
   await step("vl", async () => {

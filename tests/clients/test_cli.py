@@ -81,6 +81,26 @@ def test_invalid_request_exits_13_with_field_violations(t2i_server: Served) -> N
     assert [v["field"] for v in error["field_violations"]] == ["params.width"]
 
 
+def test_generate_scheduler_and_lora_flags(t2i_server: Served, tmp_path: Path) -> None:
+    out = tmp_path / "euler.png"
+    args = ["-s", "2", "--seed", "4", "-g", "3.5", "-n", "blurry", *target(t2i_server)]
+    result = run_cli(
+        "generate", "a fox", "--scheduler", "EulerDiscreteScheduler", "-o", str(out), *args
+    )
+    assert result.code == 0, result.stderr
+    assert Image.open(out).size == (64, 64)
+    refused = run_cli("--json", "generate", "a fox", "--lora", "ink:0.5", "--lora", "x", *args)
+    assert refused.code == 13
+    error = refused.json()["error"]
+    assert [v["field"] for v in error["field_violations"]] == [
+        "params.adapters[0].name",
+        "params.adapters[1].name",
+    ]
+    bad = run_cli("generate", "a fox", "--lora", "ink:lots", *args)
+    assert bad.code == 2
+    assert "WEIGHT must be a number" in bad.stderr
+
+
 def test_edit_and_previews(t2i_server: Served, tmp_path: Path) -> None:
     source = tmp_path / "in.png"
     source.write_bytes(png())

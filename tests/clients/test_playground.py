@@ -4,6 +4,7 @@ models and the test checks what the page shows. Screenshots: build/test-artifact
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import json
@@ -22,6 +23,8 @@ from tests.clients.servers import Served
 
 WEB = REPO / "clients" / "web"
 ARTIFACTS = REPO / "build" / "test-artifacts" / "playground"
+# The steps playground.mjs takes, each with its screenshot.
+PANEL_STEPS = ("health", "t2i", "t2i_stop", "t2i_error", "t2i_inpaint", "vl", "vision", "omni")
 DRIVER = Path(__file__).with_name("playground.mjs")
 
 
@@ -86,7 +89,7 @@ def test_every_panel_works_in_chromium(
     problems = "\n".join(page["log"])
 
     assert page["health"]["text"].count("✓") == 4, (page["health"], problems)
-    for name in ("health", "t2i", "t2i_stop", "t2i_error", "vl", "vision", "omni"):
+    for name in PANEL_STEPS:
         assert page[name].get("visiblePanels") == 1, (name, page[name])
 
     t2i = page["t2i"]
@@ -96,6 +99,19 @@ def test_every_panel_works_in_chromium(
     assert any(s.startswith("step 1/4") for s in t2i["statuses"])  # progress shown live
     assert t2i["progress"] == "4"
     assert "seed 7" in t2i["status"]
+    # The negative prompt, guidance and scheduler the panel set reached the service: its image
+    # is the one the SDK gets for the same request.
+    assert t2i["schedulers"] > 2  # "model default" and the compatible ones
+    with T2IClient(edge) as client:
+        same = client.generate(
+            "a red fox",
+            steps=4,
+            seed=7,
+            negative_prompt="blurry",
+            guidance_scale=3.5,
+            scheduler="EulerDiscreteScheduler",
+        )
+    assert base64.b64decode(t2i["imageBase64"]) == same.encoded[0].data
     # The built-in t2i model has random weights: the panel says noise is expected, and how to
     # serve a real checkpoint.
     assert t2i["randomWeights"] == "true"
@@ -113,6 +129,12 @@ def test_every_panel_works_in_chromium(
     assert error["state"] == "error"
     assert error["status"].startswith("INVALID_ARGUMENT")
     assert "params.width" in error["status"]
+
+    inpainted = page["t2i_inpaint"]
+    assert inpainted["state"] == "done", (inpainted, problems)
+    assert inpainted["maskDrawn"] == "true"  # the stroke on the canvas became the mask
+    assert inpainted["images"] == 1
+    assert inpainted["editDisabled"]  # the built-in Stable Diffusion has no edit pipeline
 
     vl = page["vl"]
     assert vl["state"] == "done", (vl, problems)
@@ -144,5 +166,5 @@ def test_every_panel_works_in_chromium(
     assert omni["audioSrc"]
     assert omni["voices"] >= 2
     assert sorted(p.name for p in ARTIFACTS.glob("*.png")) == sorted(
-        f"{name}.png" for name in ("health", "t2i", "t2i_stop", "t2i_error", "vl", "vision", "omni")
+        f"{name}.png" for name in PANEL_STEPS
     )

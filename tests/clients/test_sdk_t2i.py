@@ -95,6 +95,37 @@ def test_info_reports_the_pipeline_and_limits(t2i: T2IClient) -> None:
     assert t2i.health() == "serving"
 
 
+def test_scheduler_guidance_and_negative_prompt_reach_the_service(t2i: T2IClient) -> None:
+    schedulers = t2i.info().extras["schedulers"]
+    assert "EulerDiscreteScheduler" in schedulers
+    common = {"steps": 2, "seed": 3, "guidance_scale": 4.0}
+    base = t2i.generate("a fox", **common)
+    varied = [
+        t2i.generate("a fox", scheduler="EulerDiscreteScheduler", **common),
+        t2i.generate("a fox", negative_prompt="blurry", **common),
+        t2i.generate("a fox", **{**common, "guidance_scale": 9.0}),
+    ]
+    pixels = [np.asarray(g.images[0]) for g in (base, *varied)]
+    assert all(not np.array_equal(pixels[0], other) for other in pixels[1:])
+    with pytest.raises(InvalidArgument) as caught:
+        t2i.generate("a fox", scheduler="NoSuchScheduler", steps=1)
+    assert [v.field for v in caught.value.field_violations] == ["params.scheduler"]
+
+
+def test_adapters_go_on_the_wire_in_every_form(t2i: T2IClient) -> None:
+    # The stack's service has no LoRA folder: every named adapter is refused by name, which
+    # shows the SDK sent each entry.
+    assert t2i.info().extras.get("adapters", []) == []
+    for adapters in ({"ink": 0.5, "paper": 1.0}, ["ink", ("paper", 0.25)]):
+        with pytest.raises(InvalidArgument) as caught:
+            t2i.generate("a fox", steps=1, adapters=adapters)
+        assert [v.field for v in caught.value.field_violations] == [
+            "params.adapters[0].name",
+            "params.adapters[1].name",
+        ]
+        assert "'ink'" in str(caught.value)
+
+
 async def test_async_client_generates_and_streams(t2i_server: Served) -> None:
     async with aio.T2IClient(t2i_server.target, timeout=60) as client:
         result = await client.generate("a red fox", steps=2, seed=5)

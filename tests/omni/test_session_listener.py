@@ -7,7 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.omni.session_listener import BargeIn, Listener, TurnReady, VadNote
+from services.omni.session_listener import (
+    BargeIn,
+    Listener,
+    SpeechPaused,
+    SpeechResumed,
+    TurnReady,
+    VadNote,
+)
 from services.omni.session_runner import AudioIn, Mode, TextIn
 from services.omni.vad import SileroModel, VadConfig, VoiceActivityDetector
 from tests.omni.support import silence, speech
@@ -37,10 +44,12 @@ def spoken(text: str) -> np.ndarray:
 def test_half_duplex_turn_then_speech_while_replying_is_dropped(silero):
     ears = listener(silero, Mode.HALF_DUPLEX)
     actions = feed(ears, spoken("What is the capital of France?"))
-    assert [type(a) for a in actions] == [VadNote, VadNote, TurnReady]
-    assert [a.reason for a in actions[:2]] == ["vad: speech started", "vad: speech ended"]
-    turn = actions[2].user
+    assert [type(a) for a in actions] == [VadNote, SpeechPaused, VadNote, TurnReady]
+    assert [actions[0].reason, actions[2].reason] == ["vad: speech started", "vad: speech ended"]
+    turn = actions[3].user
     assert turn.audio is not None
+    # Known before the silence window ran out: exactly the audio of the turn.
+    assert np.array_equal(actions[1].audio, turn.audio)
     assert len(turn.audio) / 16000 > 1.0
     assert ears.replying
     # The model "speaks": what the user says meanwhile is not heard.
@@ -74,3 +83,22 @@ def test_chat_mode_gathers_until_end_of_turn(silero):
     (queued,) = ears.feed(TextIn("Next"), True)
     assert isinstance(queued, TurnReady)
     assert ears.feed(None, True) == []  # an empty turn is no turn
+
+
+def test_a_short_pause_mid_question_is_paused_then_resumed(silero):
+    ears = listener(silero, Mode.HALF_DUPLEX)
+    question = [speech("What is the capital"), silence(0.3), speech("of France?")]
+    actions = feed(ears, np.concatenate([silence(0.3), *question, silence(0.8)]))
+    kinds = [type(a) for a in actions]
+    assert kinds == [VadNote, SpeechPaused, SpeechResumed, SpeechPaused, VadNote, TurnReady]
+    turn = actions[-1].user
+    # The first pause's audio is not the turn's; the last one's is, to the sample.
+    assert len(actions[1].audio) < len(turn.audio)
+    assert np.array_equal(actions[3].audio, turn.audio)
+
+
+def test_no_early_pause_without_a_pad_shorter_than_the_silence_window(silero):
+    for pad_ms in (0, 500):
+        vad = VoiceActivityDetector(silero, VadConfig(min_silence_ms=500, pad_ms=pad_ms))
+        actions = feed(Listener(Mode.HALF_DUPLEX, vad, max_images=2), spoken("Why is it blue?"))
+        assert [type(a) for a in actions] == [VadNote, VadNote, TurnReady]

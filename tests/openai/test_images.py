@@ -82,3 +82,47 @@ def test_image_errors(client: OpenAI) -> None:
     assert url.value.body["param"] == "response_format"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         client.images.generate(model="vl", prompt="x")
+
+
+def _mask(width: int, height: int, transparent_columns: int) -> bytes:
+    """OpenAI's mask: the left `transparent_columns` are fully transparent (to be edited)."""
+    mask = Image.new("RGBA", (width, height), (255, 255, 255, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, transparent_columns, height))
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_edit_with_a_mask_inpaints_the_transparent_area(client: OpenAI) -> None:
+    ask = {
+        "model": "t2i",
+        "image": ("input.png", png(64, 64, "blue"), "image/png"),
+        "prompt": "a red door",
+        "extra_body": {"seed": 3, "num_inference_steps": 2},
+    }
+    half = client.images.edit(**ask, mask=("mask.png", _mask(64, 64, 32), "image/png"))  # type: ignore[arg-type]
+    whole = client.images.edit(**ask, mask=("mask.png", _mask(64, 64, 64), "image/png"))  # type: ignore[arg-type]
+    assert half.data is not None
+    assert whole.data is not None
+    assert _image(half.data[0].b64_json).size == (64, 64)
+    # Which area is repainted follows the mask's transparency.
+    assert half.data[0].b64_json != whole.data[0].b64_json
+
+
+def test_edit_mask_errors_name_the_mask(client: OpenAI) -> None:
+    image = ("input.png", png(64, 64, "blue"), "image/png")
+    for mask in (
+        png(64, 64, "white"),  # no alpha channel
+        _mask(64, 64, 0),  # nothing transparent: nothing to edit
+        _mask(32, 32, 16),  # not the image's size
+        b"not an image",
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.images.edit(
+                model="t2i",
+                image=image,
+                prompt="x",
+                mask=("mask.png", mask, "image/png"),
+                extra_body={"num_inference_steps": 2},
+            )
+        assert caught.value.body["param"] == "mask"  # type: ignore[index]

@@ -146,6 +146,10 @@ def operations(runtime: ServiceRuntime) -> OperationTable:
         "StreamTextToImage": generate,
         "ImageToImage": NotServed("the sleepy service only generates"),
         "StreamImageToImage": NotServed("the sleepy service only generates"),
+        "InpaintImage": NotServed("the sleepy service only generates"),
+        "StreamInpaintImage": NotServed("the sleepy service only generates"),
+        "EditImage": NotServed("the sleepy service only generates"),
+        "StreamEditImage": NotServed("the sleepy service only generates"),
         "GetModelInfo": ModelInfo(runtime),
     }
 

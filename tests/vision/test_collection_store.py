@@ -1,8 +1,10 @@
-"""The collection store without a server: recall of its ANN index against exact search, and an
-index that is stale or missing after a crash reconciled with the rows on reopen."""
+"""The collection store without a server: recall of its flat (int8 scan) and graph (HNSW)
+indexes against exact search, a flat collection promoted to a graph as it grows, and an index
+that is stale or missing after a crash reconciled with the rows on reopen."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,9 @@ def fill(store: CollectionStore, name: str, start: int, rows: np.ndarray) -> lis
     return ids
 
 
-def test_recall_at_10_against_exact_search(tmp_path: Path) -> None:
-    store = CollectionStore(tmp_path, "model", DIM)
+@pytest.mark.parametrize(("exact_max", "kind"), [(10_000, "flat"), (0, "hnsw")])
+def test_recall_at_10_against_exact_search(tmp_path: Path, exact_max: int, kind: str) -> None:
+    store = CollectionStore(tmp_path, "model", DIM, exact_max=exact_max)
     store.create("", "c", exist_ok=False)
     rows = unit_rows(0, 5000)
     for start in range(0, len(rows), 1000):
@@ -38,34 +41,84 @@ def test_recall_at_10_against_exact_search(tmp_path: Path) -> None:
         hits = store.search("", "c", query, 10, {}, False).hits
         found = {int(hit.id.removeprefix("v-")) for hit in hits}
         recalls.append(len(found & set(truth.tolist())) / 10)
-    assert np.mean(recalls) >= 0.98
+        if found == set(truth.tolist()):  # scores are exact cosines, whichever index ran
+            expected = np.sort(rows[truth] @ query)[::-1]
+            np.testing.assert_allclose([hit.score for hit in hits], expected, atol=1e-5)
+    assert store.index_kind("", "c") == kind
+    assert np.mean(recalls) >= (0.999 if kind == "flat" else 0.98)
     store.close()
 
 
-def test_a_crash_before_any_index_save_loses_no_row(tmp_path: Path) -> None:
-    first = CollectionStore(tmp_path, "model", DIM)
+def test_a_flat_collection_that_outgrows_the_threshold_becomes_a_graph(tmp_path: Path) -> None:
+    store = CollectionStore(tmp_path, "model", DIM, exact_max=500)
+    store.create("", "c", exist_ok=False)
+    rows = unit_rows(6, 900)
+    fill(store, "c", 0, rows[:400])
+    assert store.index_kind("", "c") == "flat"
+    assert not list((tmp_path / "indexes").glob("*.usearch"))  # a flat index has no file
+    fill(store, "c", 400, rows[400:800])  # past the threshold: the graph builds in the background
+    fill(store, "c", 800, rows[800:])  # written while it builds: caught up before the switch
+    assert store.search("", "c", rows[450], 1, {}, False).hits[0].id == "v-450"
+    deadline = time.monotonic() + 60
+    while store.index_kind("", "c") != "hnsw":
+        assert time.monotonic() < deadline, "the graph was never swapped in"
+        time.sleep(0.05)
+    for probe in (10, 450, 899):
+        assert store.search("", "c", rows[probe], 1, {}, False).hits[0].id == f"v-{probe}"
+    assert len(list((tmp_path / "indexes").glob("*.usearch"))) == 1
+    store.close()
+    reopened = CollectionStore(tmp_path, "model", DIM, exact_max=500)
+    assert reopened.index_kind("", "c") == "hnsw"
+    reopened.close()
+    smaller = CollectionStore(tmp_path, "model", DIM, exact_max=5000)
+    assert smaller.index_kind("", "c") == "flat"  # a higher threshold scans it again
+    assert smaller.search("", "c", rows[899], 1, {}, False).hits[0].id == "v-899"
+    smaller.close()
+
+
+def test_an_id_given_twice_keeps_its_last_vector(tmp_path: Path) -> None:
+    store = CollectionStore(tmp_path, "model", DIM)
+    store.create("", "c", exist_ok=False)
+    rows = unit_rows(7, 3)
+    done = store.upsert("", "c", ["a", "b", "a"], rows, [{"n": "0"}, {"n": "1"}, {"n": "2"}])
+    assert (done.upserted, done.replaced) == (2, 0)
+    items, missing = store.get("", "c", ["a", "b"], with_vectors=True)
+    assert not missing
+    assert items[0].metadata == {"n": "2"}
+    np.testing.assert_allclose(items[0].vector, rows[2])
+    again = store.upsert("", "c", ["b"], rows[:1], [{}])
+    assert (again.upserted, again.replaced) == (1, 1)
+    assert store.search("", "c", rows[0], 1, {}, False).hits[0].id == "b"
+    assert store.list("")[0].count == 2
+    store.close()
+
+
+@pytest.mark.parametrize("exact_max", [10_000, 0], ids=["flat", "hnsw"])
+def test_a_crash_before_any_index_save_loses_no_row(tmp_path: Path, exact_max: int) -> None:
+    first = CollectionStore(tmp_path, "model", DIM, exact_max=exact_max)
     first.create("", "c", exist_ok=False)
     rows = unit_rows(2, 300)
     fill(first, "c", 0, rows)
     # No close(): the process died; only committed rows are on disk.
-    second = CollectionStore(tmp_path, "model", DIM)
+    second = CollectionStore(tmp_path, "model", DIM, exact_max=exact_max)
     hits = second.search("", "c", rows[42], 1, {}, False).hits
     assert hits[0].id == "v-42"
     second.close()
 
 
-def test_a_stale_saved_index_is_reconciled(tmp_path: Path) -> None:
-    first = CollectionStore(tmp_path, "model", DIM)
+def test_a_stale_saved_graph_is_reconciled(tmp_path: Path) -> None:
+    first = CollectionStore(tmp_path, "model", DIM, exact_max=0)
     first.create("", "c", exist_ok=False)
     rows = unit_rows(3, 200)
     ids = fill(first, "c", 0, rows)
     first.close()  # index saved with all 200
-    second = CollectionStore(tmp_path, "model", DIM)
+    second = CollectionStore(tmp_path, "model", DIM, exact_max=0)
     assert second.delete_items("", "c", ids[:100]) == 100
     newer = unit_rows(4, 50)
     fill(second, "c", 1000, newer)
     # Dies without saving: the file on disk still has the 100 deleted keys, not the 50 new.
-    third = CollectionStore(tmp_path, "model", DIM)
+    third = CollectionStore(tmp_path, "model", DIM, exact_max=0)
+    assert third.index_kind("", "c") == "hnsw"
     assert third.search("", "c", newer[7], 1, {}, False).hits[0].id == "v-1007"
     returned = {hit.id for hit in third.search("", "c", rows[5], 150, {}, False).hits}
     assert not returned & set(ids[:100])

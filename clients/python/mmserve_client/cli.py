@@ -91,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("prompt")
     sub.add_argument("--strength", type=float, help="how much to change the input, (0, 1]")
     t2i.add_generation_flags(sub)
+    sub = command("inpaint", t2i.inpaint, "repaint the masked part of an image (t2i)")
+    sub.add_argument("image", help="input image file")
+    sub.add_argument("mask", help="mask file, the image's size: white is repainted, black kept")
+    sub.add_argument("prompt", help="what to paint into the masked part")
+    sub.add_argument("--strength", type=float, help="how much to change the masked part (0, 1]")
+    t2i.add_generation_flags(sub)
+    sub = command("instruct", t2i.instruct, "edit an image by an instruction (t2i edit models)")
+    sub.add_argument("image", help="input image file")
+    sub.add_argument("instruction", help='what to change, e.g. "make the sky purple"')
+    t2i.add_generation_flags(sub)
 
     # --- vl and omni ---
     sub = command("ask", chat.ask, "ask about images; the answer streams as it is written (vl)")

@@ -232,6 +232,85 @@ class T2IClient(Client):
             request_id=request_id,
         )
 
+    def inpaint(
+        self,
+        image: ImageLike,
+        mask: ImageLike,
+        prompt: str,
+        *,
+        strength: float | None = None,
+        timeout: float | None = None,
+        on_job: OnJob | None = None,
+        request_id: str | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> Generation:
+        """Repaints the white part of `mask` (the image's size; black is kept)."""
+        request = t2i.inpaint_image(image, mask, prompt, options, strength)
+        return self._unary(
+            "InpaintImage", request, t2i.generation_response, timeout, on_job, request_id
+        )
+
+    def stream_inpaint(
+        self,
+        image: ImageLike,
+        mask: ImageLike,
+        prompt: str,
+        *,
+        strength: float | None = None,
+        preview_every: int = 0,
+        preview_max_side: int = 0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> JobStream[T2IEvent]:
+        request = t2i.inpaint_image(
+            image, mask, prompt, options, strength, preview_every, preview_max_side
+        )
+        return self._caller.stream(
+            self._stub.StreamInpaintImage,
+            request,
+            t2i.t2i_event,
+            timeout=timeout,
+            request_id=request_id,
+        )
+
+    def instruct(
+        self,
+        image: ImageLike,
+        instruction: str,
+        *,
+        timeout: float | None = None,
+        on_job: OnJob | None = None,
+        request_id: str | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> Generation:
+        """An instruction edit ("make the sky purple", EditImage); models with an edit pipeline
+        only (info().extras / GetModelInfo limits.supports_image_editing)."""
+        request = t2i.edit_image(image, instruction, options)
+        return self._unary(
+            "EditImage", request, t2i.generation_response, timeout, on_job, request_id
+        )
+
+    def stream_instruct(
+        self,
+        image: ImageLike,
+        instruction: str,
+        *,
+        preview_every: int = 0,
+        preview_max_side: int = 0,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        **options: Unpack[GenerateOptions],
+    ) -> JobStream[T2IEvent]:
+        request = t2i.edit_image(image, instruction, options, preview_every, preview_max_side)
+        return self._caller.stream(
+            self._stub.StreamEditImage,
+            request,
+            t2i.t2i_event,
+            timeout=timeout,
+            request_id=request_id,
+        )
+
 
 class VLClient(Client):
     """Image understanding chat (mmserve.vl.v1.VisionLanguageService). `messages` is a prompt

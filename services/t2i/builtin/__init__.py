@@ -27,7 +27,8 @@ BUILTINS = BuiltinModels(
         BuiltinModel(
             "qwen_image",
             "services.t2i.builtin.qwen_image:model_dir",
-            "tiny Qwen-Image (MMDiT, Qwen2.5-VL text encoder and tokenizer)",
+            "tiny Qwen-Image (MMDiT, Qwen2.5-VL text encoder and tokenizer; inpainting and "
+            "instruction edits)",
         ),
     ),
     default="stable_diffusion",

@@ -1,5 +1,6 @@
 """The built-in tiny Qwen-Image pipeline: MMDiT, the Qwen-Image VAE, a Qwen2.5-VL text encoder
-with the real Qwen2.5 tokenizer, flow matching."""
+with the real Qwen2.5 tokenizer, flow matching, and the Qwen2-VL processor instruction edits
+need (in processor/, where Qwen/Qwen-Image-Edit keeps it)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ QWEN_IMAGE_CONFIG: dict[str, Any] = {
         },
         "tie_word_embeddings": True,
     },
+    # The edit pipeline's processor (processor/, as in Qwen/Qwen-Image-Edit); a small pixel
+    # budget keeps the vision tower's share of an edit cheap.
+    "processor": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
 }
 
 
@@ -71,6 +75,7 @@ def build_qwen_image(folder: Path, config: Mapping[str, Any] = QWEN_IMAGE_CONFIG
         Qwen2_5_VLForConditionalGeneration,
         Qwen2Tokenizer,
     )
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
     # The runtime builds the real BPE; re-loading it as Qwen2Tokenizer gives the class the real
     # checkpoint's model_index.json names.
@@ -87,6 +92,9 @@ def build_qwen_image(folder: Path, config: Mapping[str, Any] = QWEN_IMAGE_CONFIG
         transformer=QwenImageTransformer2DModel(**tuples(config["transformer"])).eval(),
     )
     pipe.save_pretrained(folder)
+    # Instruction edits (QwenImageEditPipeline) read the image through this processor.
+    tokenizer.save_pretrained(folder / "processor")
+    Qwen2VLImageProcessorPil(**config["processor"]).save_pretrained(folder / "processor")
     remove_tree(work)
 
 

@@ -1,5 +1,7 @@
-"""The approximate-nearest-neighbour index of one collection: usearch's HNSW over unit vectors
-with the cosine metric, keyed by the store's row keys.
+"""The graph index of a large collection: usearch's HNSW over unit vectors with the cosine
+metric, keyed by the store's row keys. Collections up to the store's exact-scan threshold use
+the flat index instead (flat.py): on this CPU it is both faster and exact up to a few hundred
+thousand vectors.
 
 usearch was chosen by measurement on the 2-core CPU machine (docs/vision.md, "Collections"):
 100,000 random 512-d unit vectors, recall@10 against exact search and single-query latency; it
@@ -15,14 +17,16 @@ from pathlib import Path
 import numpy as np
 from usearch.index import Index
 
-# Graph degree and beam widths: recall@10 >= 0.98 on 100k random 512-d vectors with room to
-# spare, at well under a millisecond per query on this CPU.
+# Graph degree and beam widths. On uniformly random 512-d vectors (no structure for a graph to
+# follow) recall@10 is only 0.2-0.4 at 100,000 vectors; clustered data like real embeddings
+# fares far better (bench/RESULTS.md, "Collections"), and the store reranks the candidates with
+# exact float32 scores either way.
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
 EXPANSION_SEARCH = 256
 
 
-class VectorIndex:
+class HnswIndex:
     def __init__(self, dimension: int, index: Index | None = None) -> None:
         self.dimension = dimension
         self._index = index or Index(
@@ -35,7 +39,7 @@ class VectorIndex:
         )
 
     @classmethod
-    def load(cls, path: Path, dimension: int) -> VectorIndex | None:
+    def load(cls, path: Path, dimension: int) -> HnswIndex | None:
         """The saved index, or None when there is none or it does not fit (rebuild instead)."""
         if not path.exists():
             return None
@@ -60,9 +64,12 @@ class VectorIndex:
     def keys(self) -> np.ndarray:
         return np.asarray(self._index.keys, dtype=np.int64)
 
-    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, vectors: np.ndarray, threads: int = 0) -> None:
+        """threads=0: all cores (a bulk build); the store passes 1 for small upserts."""
         if len(keys):
-            self._index.add(keys.astype(np.uint64), vectors.astype(np.float32, copy=False))
+            self._index.add(
+                keys.astype(np.uint64), vectors.astype(np.float32, copy=False), threads=threads
+            )
 
     def remove(self, keys: np.ndarray) -> None:
         if len(keys):

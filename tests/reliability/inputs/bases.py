@@ -8,17 +8,20 @@ mutated, starting from the empty request; `test_every_rpc_has_a_base` lists them
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
+from PIL import Image
 
 from mmserve.common.v1 import job_pb2, media_pb2
 from mmserve.omni.v1 import omni_pb2
 from mmserve.t2i.v1 import t2i_pb2
 from mmserve.vision.v1 import vision_pb2
+from services.runtime.images import encode_image
 from tests.reliability.inputs.corpus import sound_file, tone, valid_audio, valid_images
 from tests.reliability.inputs.fleet import Outcome, Rpc, Served
 from tests.reliability.inputs.protofuzz import message_class
@@ -209,11 +212,23 @@ def _t2i() -> dict[str, Base]:
         image=_image(),
         strength=0.8,
     )
+    size = Image.open(io.BytesIO(image.image.data)).size
+    white = media_pb2.Image(data=encode_image(Image.new("L", size, 255), "PNG"))
+    inpaint = t2i_pb2.InpaintImageRequest(
+        params=image.params, image=image.image, mask=white, strength=0.8
+    )
+    edit = t2i_pb2.EditImageRequest(params=image.params, image=image.image)
+    # The fleet's Stable Diffusion inpaints and has no instruction-edit pipeline.
+    no_edits = frozenset({grpc.StatusCode.FAILED_PRECONDITION})
     return {
         "TextToImage": Base(_fixed(text)),
         "StreamTextToImage": Base(_fixed(text)),
         "ImageToImage": Base(_fixed(image)),
         "StreamImageToImage": Base(_fixed(image)),
+        "InpaintImage": Base(_fixed(inpaint)),
+        "StreamInpaintImage": Base(_fixed(inpaint)),
+        "EditImage": Base(_fixed(edit), expect=no_edits),
+        "StreamEditImage": Base(_fixed(edit), expect=no_edits),
     }
 
 

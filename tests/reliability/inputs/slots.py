@@ -9,18 +9,21 @@ that takes an image cannot slip past the hostile-file tests.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from PIL import Image as PILImage
 
 from mmserve.common.v1 import chat_pb2, media_pb2
 from mmserve.omni.v1 import omni_pb2
 from mmserve.t2i.v1 import t2i_pb2
 from mmserve.vision.v1 import vision_pb2
 from mmserve.vl.v1 import vl_pb2
+from services.runtime.images import encode_image
 from tests.reliability.inputs.corpus import CHAT, SESSION, VOICE, valid_images
 from tests.reliability.inputs.fleet import Rpc, Served, all_rpcs
 from tests.reliability.inputs.protofuzz import message_class
@@ -55,6 +58,9 @@ class Slot:
     use: str = CHAT  # for audio: which limits apply (corpus.CHAT, SESSION, VOICE)
     needs_session: bool = False  # PushSessionInput: the test supplies a live session id
     prepare: Callable[[Served], None] | None = None  # what must exist first (a collection)
+    # A readable file may still be refused for what it shows, naming the field (a mask with
+    # nothing to repaint): good files may then be refused as well as accepted.
+    judges_content: bool = False
 
     def __str__(self) -> str:
         return f"{self.capability}.{self.rpc_name}:{self.field}"
@@ -170,6 +176,58 @@ def _t2i_request(image: Media) -> t2i_pb2.ImageToImageRequest:
     )
 
 
+# A companion image for a hostile one is made at its size only when that is cheap to make; a
+# larger (or unreadable) input is refused for itself whatever the companion's size.
+_COMPANION_MAX_PIXELS = 1 << 20
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = {5, 6, 7, 8}
+
+
+def _size_of(media: Media) -> tuple[int, int]:
+    """The decoded size `media` claims in its header (no pixels decoded); 32x32 if none."""
+    try:
+        with PILImage.open(io.BytesIO(media.data)) as opened:
+            width, height = opened.size
+            # The service turns EXIF-rotated photos upright: so is the companion.
+            if opened.getexif().get(_EXIF_ORIENTATION, 1) in _QUARTER_TURNS:
+                width, height = height, width
+    except Exception:
+        return 32, 32
+    if not 0 < width * height <= _COMPANION_MAX_PIXELS:
+        return 32, 32
+    return width, height
+
+
+def _companion(media: Media, mode: str, color: int | tuple[int, int, int]) -> media_pb2.Image:
+    image = PILImage.new(mode, _size_of(media), color)  # type: ignore[arg-type]
+    return media_pb2.Image(data=encode_image(image, "PNG"))
+
+
+def _inpaint_image(image: Media) -> t2i_pb2.InpaintImageRequest:
+    """The image slot of InpaintImage: an all-white mask of the image's size."""
+    return t2i_pb2.InpaintImageRequest(
+        params=t2i_pb2.GenerationParams(prompt="a red house", num_inference_steps=2, seed=1),
+        image=image,
+        mask=_companion(image, "L", 255),
+    )
+
+
+def _inpaint_mask(mask: Media) -> t2i_pb2.InpaintImageRequest:
+    """The mask slot of InpaintImage: a grey image of the mask's size."""
+    return t2i_pb2.InpaintImageRequest(
+        params=t2i_pb2.GenerationParams(prompt="a red house", num_inference_steps=2, seed=1),
+        image=_companion(mask, "RGB", (120, 120, 120)),
+        mask=mask,
+    )
+
+
+def _edit(image: Media) -> t2i_pb2.EditImageRequest:
+    return t2i_pb2.EditImageRequest(
+        params=t2i_pb2.GenerationParams(prompt="make it red", num_inference_steps=2, seed=1),
+        image=image,
+    )
+
+
 def _vl_chat(image: Media) -> vl_pb2.ChatRequest:
     return vl_pb2.ChatRequest(
         messages=[
@@ -209,6 +267,11 @@ def all_slots() -> list[Slot]:
     slots = _vision_slots() + _vision_store_slots()
     for rpc in ("ImageToImage", "StreamImageToImage"):
         slots.append(Slot("t2i", rpc, IMAGE, "image", _t2i_request))
+    for rpc in ("InpaintImage", "StreamInpaintImage"):
+        slots.append(Slot("t2i", rpc, IMAGE, "image", _inpaint_image))
+        slots.append(Slot("t2i", rpc, IMAGE, "mask", _inpaint_mask, judges_content=True))
+    for rpc in ("EditImage", "StreamEditImage"):
+        slots.append(Slot("t2i", rpc, IMAGE, "image", _edit))
     for rpc in ("Chat", "StreamChat"):
         slots.append(Slot("vl", rpc, IMAGE, "messages[0].content[1].image", _vl_chat))
         slots.append(Slot("omni", rpc, IMAGE, "messages[0].content[1].image", _omni_chat))

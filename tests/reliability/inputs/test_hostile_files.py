@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 
 from mmserve.common.v1 import media_pb2
 from mmserve.omni.v1 import omni_pb2
+from mmserve.t2i.v1 import t2i_pb2
 from tests.reliability.inputs.checks import assert_clean, record, still_serving
 from tests.reliability.inputs.corpus import (
     ACCEPT,
@@ -95,6 +96,8 @@ def judge(outcome: Outcome, expect: str, slot: Slot, accepted: set[grpc.StatusCo
         field.startswith(slot.field) for field in outcome.violations
     )
     ok = outcome.code in accepted
+    if expect == ACCEPT and slot.judges_content:
+        expect = EITHER
     if expect == REFUSE and not refused:
         problems.append(f"expected INVALID_ARGUMENT naming {slot.field}")
     elif expect == ACCEPT and not ok:
@@ -122,9 +125,20 @@ def _send_all(
     return problems
 
 
+def _refused_before_reading(served: Served, slot: Slot) -> bool:
+    """EditImage on a model without an edit pipeline answers FAILED_PRECONDITION before it
+    reads its image (the fleet's Stable Diffusion has none; tests/t2i covers edit inputs)."""
+    if slot.capability != "t2i" or not slot.rpc_name.endswith("EditImage"):
+        return False
+    info = served.call("GetModelInfo", t2i_pb2.GetModelInfoRequest())
+    return not info.responses[0].limits.supports_image_editing
+
+
 @pytest.mark.parametrize("slot", IMAGE_SLOTS, ids=str)
 def test_hostile_images(slot: Slot, fleet: dict[str, Served]) -> None:
     served = fleet[slot.capability]
+    if _refused_before_reading(served, slot):
+        pytest.skip("the fleet's t2i model has no edit pipeline: EditImage reads no image")
     files = [(f.name, f.message(), f.expect_for(slot.capability)) for f in image_corpus()]
     problems = _send_all(served, slot, files, f"hostile images: {slot.capability}")
     assert_clean(problems + still_serving(served, f"hostile images to {slot}"))

@@ -32,6 +32,18 @@ def add_generation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-s", "--steps", type=int, help="denoising steps")
     parser.add_argument("-g", "--guidance-scale", type=float, help="classifier-free guidance")
     parser.add_argument("--seed", type=int, help="random seed (printed when left out)")
+    parser.add_argument(
+        "--scheduler",
+        help="scheduler class for this job, e.g. EulerDiscreteScheduler (the service lists "
+        "its compatible ones: mmserve info t2i)",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        type=_lora,
+        metavar="NAME[:WEIGHT]",
+        help="apply the service's LoRA adapter NAME at WEIGHT (default 1.0); repeat to mix",
+    )
     parser.add_argument("--num-images", type=int, help="images to generate")
     parser.add_argument("--format", choices=["png", "jpeg", "webp"], help="output encoding")
     parser.add_argument("--quality", type=int, help="JPEG/WebP quality 1..100")
@@ -53,8 +65,20 @@ def options(args: argparse.Namespace) -> GenerateOptions:
         "num_images": args.num_images,
         "output_format": args.format,
         "output_quality": args.quality,
+        "scheduler": args.scheduler,
+        "adapters": args.lora,
     }
     return {k: v for k, v in chosen.items() if v is not None}  # type: ignore[return-value]
+
+
+def _lora(text: str) -> tuple[str, float]:
+    name, _, weight = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME or NAME:WEIGHT")
+    try:
+        return name, float(weight) if weight else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: WEIGHT must be a number") from None
 
 
 def output_paths(pattern: str, generation: Generation) -> list[Path]:
@@ -137,5 +161,38 @@ def edit(ctx: Context) -> int:
         strength=args.strength,
         preview_every=args.preview_every,
         **options(args),
+    )
+    return finish(ctx, ctx.follow(stream).result)
+
+
+def inpaint(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.client(T2IClient)
+    image, mask = Path(args.image), Path(args.mask)
+    if args.no_stream:
+        result = client.inpaint(
+            image, mask, args.prompt, strength=args.strength, on_job=ctx.track, **options(args)
+        )
+        return finish(ctx, result)
+    stream = client.stream_inpaint(
+        image,
+        mask,
+        args.prompt,
+        strength=args.strength,
+        preview_every=args.preview_every,
+        **options(args),
+    )
+    return finish(ctx, ctx.follow(stream).result)
+
+
+def instruct(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.client(T2IClient)
+    image = Path(args.image)
+    if args.no_stream:
+        result = client.instruct(image, args.instruction, on_job=ctx.track, **options(args))
+        return finish(ctx, result)
+    stream = client.stream_instruct(
+        image, args.instruction, preview_every=args.preview_every, **options(args)
     )
     return finish(ctx, ctx.follow(stream).result)

@@ -4,6 +4,8 @@ import { describeError, isCancel } from "../connection";
 import { field, h, numberInput, numberValue, setState } from "../dom";
 import { JobRun, progressText, queueText, seconds } from "../jobs";
 import { imageElement } from "../media";
+import { imageInputs } from "./t2i_inputs";
+import { generationOptions } from "./t2i_options";
 
 export function t2iPanel(clients: () => Clients): HTMLElement {
   const prompt = h("textarea", { id: "t2i-prompt", rows: 2 }, "a red fox in the snow, watercolor");
@@ -12,6 +14,8 @@ export function t2iPanel(clients: () => Clients): HTMLElement {
   const height = numberInput("t2i-height", "", { min: 8, step: 8, placeholder: "model default" });
   const seed = numberInput("t2i-seed", "", { min: 0, placeholder: "random" });
   const previewEvery = numberInput("t2i-preview-every", 1, { min: 0 });
+  const options = generationOptions(clients);
+  const inputs = imageInputs(clients);
   const run = h("button", { id: "t2i-run", class: "primary", text: "Generate" });
   const stop = h("button", { id: "t2i-stop", text: "Stop", disabled: true });
   const status = h("div", { id: "t2i-status", class: "status" });
@@ -22,7 +26,8 @@ export function t2iPanel(clients: () => Clients): HTMLElement {
     "section",
     { id: "panel-t2i", class: "panel", "data-state": "idle" },
     h("h2", { text: "Text to image" }),
-    field("Prompt", prompt),
+    inputs.element,
+    field("Prompt (an instruction for edits)", prompt),
     h(
       "div",
       { class: "row" },
@@ -32,11 +37,15 @@ export function t2iPanel(clients: () => Clients): HTMLElement {
       field("Seed", seed),
       field("Preview every", previewEvery),
     ),
+    options.element,
     h("div", { class: "row" }, run, stop),
     bar,
     status,
     h("div", { class: "row" }, preview, images),
   );
+
+  panel.addEventListener("show", () => void options.refresh());
+  panel.addEventListener("show", () => void inputs.refresh());
 
   let current: JobRun | null = null;
   stop.onclick = () => void current?.stop();
@@ -53,19 +62,29 @@ export function t2iPanel(clients: () => Clients): HTMLElement {
     status.textContent = "sending…";
     const s = numberValue(seed);
     try {
-      const stream = client.streamTextToImage(
-        {
-          params: {
-            prompt: prompt.value,
-            numInferenceSteps: numberValue(steps),
-            width: numberValue(width),
-            height: numberValue(height),
-            seed: s === undefined ? undefined : BigInt(s),
-          },
-          preview: { everyNSteps: numberValue(previewEvery) ?? 0, maxSide: 128 },
+      const request = {
+        params: {
+          prompt: prompt.value,
+          numInferenceSteps: numberValue(steps),
+          width: numberValue(width),
+          height: numberValue(height),
+          seed: s === undefined ? undefined : BigInt(s),
+          ...options.values(),
         },
-        { signal: job.signal },
-      );
+        preview: { everyNSteps: numberValue(previewEvery) ?? 0, maxSide: 128 },
+      };
+      const input = await inputs.values();
+      const bytes = (data?: Uint8Array) => ({ source: { case: "data" as const, value: data ?? new Uint8Array() } });
+      const image = bytes(input.image);
+      const call = { signal: job.signal };
+      const stream =
+        input.mode === "inpaint"
+          ? client.streamInpaintImage({ ...request, image, mask: bytes(input.mask), strength: input.strength }, call)
+          : input.mode === "edit"
+            ? client.streamEditImage({ ...request, image }, call)
+            : input.mode === "image"
+              ? client.streamImageToImage({ ...request, image, strength: input.strength }, call)
+              : client.streamTextToImage(request, call);
       for await (const event of stream) {
         const e = event.event;
         switch (e.case) {
