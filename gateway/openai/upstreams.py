@@ -100,6 +100,12 @@ class ServedModel:
     info: Any  # the capability's GetModelInfoResponse
 
 
+# How soon an incomplete answer (a capability that did not answer), or a forced refresh, is
+# fetched again: often enough to see a service come up, rarely enough that a flood of bad
+# model names cannot become a flood of GetModelInfo calls.
+_RETRY_S = 1.0
+
+
 class Upstreams:
     """The channels and stubs, and which model is served where."""
 
@@ -110,7 +116,8 @@ class Upstreams:
         self.refresh_s = refresh_s
         # Per caller key: the services check keys on GetModelInfo too, so each key sees what
         # the services answer it (a bad key gets 401 here as everywhere).
-        self._cache: OrderedDict[str, tuple[float, dict[str, ServedModel]]] = OrderedDict()
+        # key -> (fetched at, models, seconds the entry stays fresh)
+        self._cache: OrderedDict[str, tuple[float, dict[str, ServedModel], float]] = OrderedDict()
         self._lock = asyncio.Lock()
 
     def stub(self, name: str) -> Any:
@@ -142,15 +149,21 @@ class Upstreams:
         """Served models by capability, from a cache at most refresh_s old. Raises the
         services' answer when every one refused the caller's key."""
         key = dict(metadata).get("authorization", "")
-        # A forced refresh (an unknown model name) still waits a second between fetches, so
-        # a flood of bad names cannot turn into a flood of GetModelInfo calls.
-        limit = 1.0 if refresh else self.refresh_s
+
+        def fresh(entry: tuple[float, dict[str, ServedModel], float] | None) -> bool:
+            if entry is None:
+                return False
+            limit = min(_RETRY_S, entry[2]) if refresh else entry[2]
+            return time.monotonic() - entry[0] <= limit
+
         cached = self._cache.get(key)
-        if cached is not None and time.monotonic() - cached[0] <= limit:
+        if fresh(cached):
+            assert cached is not None
             return cached[1]
         async with self._lock:
             cached = self._cache.get(key)
-            if cached is not None and time.monotonic() - cached[0] <= limit:
+            if fresh(cached):
+                assert cached is not None
                 return cached[1]
             names = list(self.stubs)
             found = await asyncio.gather(*(self._fetch(n, metadata) for n in names))
@@ -167,7 +180,13 @@ class Upstreams:
             # A capability that did not answer (loading, restarting) keeps its last model.
             known = dict(cached[1]) if cached is not None else {}
             known.update({f.capability: f for f in found if isinstance(f, ServedModel)})
-            self._cache[key] = (time.monotonic(), known)
+            # A capability that did not answer or is not ready yet (loading when the gateway
+            # started) is asked again within a second, not after the whole refresh period.
+            settled = len(known) == len(names) and all(
+                served.state == "ready" for served in known.values()
+            )
+            ttl = self.refresh_s if settled else _RETRY_S
+            self._cache[key] = (time.monotonic(), known, ttl)
             self._cache.move_to_end(key)
             while len(self._cache) > MAX_CACHED_KEYS:
                 self._cache.popitem(last=False)

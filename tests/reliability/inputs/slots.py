@@ -228,6 +228,18 @@ def _edit(image: Media) -> t2i_pb2.EditImageRequest:
     )
 
 
+NO_EDITS = "the fleet's t2i model has no edit pipeline: EditImage reads no image"
+
+
+def refused_before_reading(served: Served, slot: Slot) -> bool:
+    """EditImage on a model without an edit pipeline answers FAILED_PRECONDITION before it
+    reads its image (the fleet's Stable Diffusion has none; tests/t2i covers edit inputs)."""
+    if slot.capability != "t2i" or not slot.rpc_name.endswith("EditImage"):
+        return False
+    info = served.call("GetModelInfo", t2i_pb2.GetModelInfoRequest())
+    return not info.responses[0].limits.supports_image_editing
+
+
 def _vl_chat(image: Media) -> vl_pb2.ChatRequest:
     return vl_pb2.ChatRequest(
         messages=[

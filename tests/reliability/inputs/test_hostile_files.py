@@ -14,7 +14,6 @@ from google.protobuf.message import Message
 
 from mmserve.common.v1 import media_pb2
 from mmserve.omni.v1 import omni_pb2
-from mmserve.t2i.v1 import t2i_pb2
 from tests.reliability.inputs.checks import assert_clean, record, still_serving
 from tests.reliability.inputs.corpus import (
     ACCEPT,
@@ -26,7 +25,15 @@ from tests.reliability.inputs.corpus import (
     sound_file,
 )
 from tests.reliability.inputs.fleet import Outcome, Served
-from tests.reliability.inputs.slots import AUDIO, IMAGE, Slot, all_slots, rpcs_taking_media
+from tests.reliability.inputs.slots import (
+    AUDIO,
+    IMAGE,
+    NO_EDITS,
+    Slot,
+    all_slots,
+    refused_before_reading,
+    rpcs_taking_media,
+)
 
 IMAGE_SLOTS = [slot for slot in all_slots() if slot.kind == IMAGE]
 AUDIO_SLOTS = [slot for slot in all_slots() if slot.kind == AUDIO]
@@ -125,20 +132,11 @@ def _send_all(
     return problems
 
 
-def _refused_before_reading(served: Served, slot: Slot) -> bool:
-    """EditImage on a model without an edit pipeline answers FAILED_PRECONDITION before it
-    reads its image (the fleet's Stable Diffusion has none; tests/t2i covers edit inputs)."""
-    if slot.capability != "t2i" or not slot.rpc_name.endswith("EditImage"):
-        return False
-    info = served.call("GetModelInfo", t2i_pb2.GetModelInfoRequest())
-    return not info.responses[0].limits.supports_image_editing
-
-
 @pytest.mark.parametrize("slot", IMAGE_SLOTS, ids=str)
 def test_hostile_images(slot: Slot, fleet: dict[str, Served]) -> None:
     served = fleet[slot.capability]
-    if _refused_before_reading(served, slot):
-        pytest.skip("the fleet's t2i model has no edit pipeline: EditImage reads no image")
+    if refused_before_reading(served, slot):
+        pytest.skip(NO_EDITS)
     files = [(f.name, f.message(), f.expect_for(slot.capability)) for f in image_corpus()]
     problems = _send_all(served, slot, files, f"hostile images: {slot.capability}")
     assert_clean(problems + still_serving(served, f"hostile images to {slot}"))
