@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository, no
 
 from bench import kit
 from bench.edge_bench import INFO, GrpcClient
+from gateway.processes import free_port
 
 Config = dict[str, Any]
 
@@ -134,12 +134,6 @@ while True:
         pass
     time.sleep(every)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def variant_config(base: Config, name: str, port: int, admin_port: int) -> Config:

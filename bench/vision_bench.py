@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository, no
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # bench/profile.py shadows stdlib's
 
 from bench import kit
+from gateway.processes import free_port
 
 LITSERVE_BATCH = 16
 LITSERVE_BATCH_TIMEOUT = 0.01  # seconds; LitServe's docs use 0.01-0.05 for dynamic batching
@@ -217,14 +218,6 @@ def litserve_worker(folder: str, port: int, threads: int, device: str, dtype: st
         api, accelerator=accelerator, devices=1, workers_per_device=1, timeout=600
     )
     server.run(host="127.0.0.1", port=port, generate_client_file=False, log_level="warning")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LitClient:

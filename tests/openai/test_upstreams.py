@@ -5,21 +5,15 @@ refresh period (the gateway usually starts before the models have loaded)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from gateway.openai.upstreams import Upstreams
+from gateway.processes import free_port
 from tests.support.servers import running_server
 from tests.support.sleepy_service import CAPABILITY
 
 pytestmark = pytest.mark.asyncio
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _listed_within(upstreams: Upstreams, seconds: float) -> set[str]:
@@ -35,7 +29,7 @@ async def _listed_within(upstreams: Upstreams, seconds: float) -> set[str]:
 
 
 async def test_a_service_that_comes_up_later_is_listed_long_before_the_refresh_period() -> None:
-    port = _free_port()
+    port = free_port()
     upstreams = Upstreams({"t2i": f"127.0.0.1:{port}"}, refresh_s=3600)
     try:
         assert await upstreams.models() == {}  # nothing listens yet
