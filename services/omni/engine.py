@@ -106,10 +106,8 @@ class OmniEngine(Engine):
 
     def load(self) -> None:
         settings = self.settings
-        self._options = TorchOptions.from_specs(
-            settings.device, settings.dtype, settings.attention, settings.compile
-        )
         folder = self._model_folder()
+        self._options = TorchOptions.from_settings(settings, folder)
         family = create_family(
             folder,
             discover_family(folder),

@@ -174,7 +174,11 @@ class ServiceSettings(BaseSettings):
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     dtype: str = Field(
-        "auto", description="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16, fp32."
+        "auto",
+        description=(
+            "auto (bf16/fp16 on GPU; on CPU a bf16 checkpoint stays bf16 where the CPU has bf16 "
+            "instructions, else fp32), bf16, fp16, fp32."
+        ),
     )
     attention: str = Field("auto", description="auto (flash_attention_2 if installed, else sdpa).")
     compile: bool = Field(False, description="torch.compile the model; warmed up before SERVING.")

@@ -1,10 +1,12 @@
-"""InpaintImage and EditImage (unary and streaming) as operations of the t2i service.
+"""ImageToImage, InpaintImage and EditImage (unary and streaming): the t2i operations that
+start from an image.
 
-Both run like image-to-image: the request is checked on the event loop, the image (and mask)
-decoded on the CPU pool, where every problem is reported together with those parsing found, and
-the device thread only denoises; the job is queued, reports progress and previews, and cancels
-at the next step like any t2i job. A model without the pipeline answers FAILED_PRECONDITION
-before anything is decoded: GetModelInfo's limits say which operations it supports.
+Each checks the request on the event loop and decodes the image (and mask) on the CPU pool,
+where every problem is reported together with those parsing found; the device thread only
+denoises, and the job is queued, reports progress and previews, and cancels at the next step
+like any t2i job. A model without the pipeline answers before anything is decoded
+(UNIMPLEMENTED for image-to-image, FAILED_PRECONDITION for inpainting and edits):
+GetModelInfo's limits say which operations it supports.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ class _FromImages(_Generation[InputImages]):
 
     def _parsed(
         self,
-        message: t2i_pb2.InpaintImageRequest | t2i_pb2.EditImageRequest,
+        message: (
+            t2i_pb2.ImageToImageRequest | t2i_pb2.InpaintImageRequest | t2i_pb2.EditImageRequest
+        ),
         call: CallFacts,
         image_fields: tuple[str, ...],
         strength: float | None = None,
@@ -76,9 +80,12 @@ class _FromImages(_Generation[InputImages]):
         )
 
     def _decoded(
-        self, parsed: InputImages, problems: errors.Violations
-    ) -> tuple[Image.Image | None, Image.Image | None]:
-        """The image and the mask (None where absent or undecodable, with the violation)."""
+        self, parsed: InputImages
+    ) -> tuple[errors.Violations, Image.Image | None, Image.Image | None]:
+        """The problems so far (parsing's, then decoding's), the image and the mask (None where
+        absent or undecodable, with the violation)."""
+        problems = errors.Violations()
+        problems.items.extend(parsed.problems)
         decoded: list[Image.Image | None] = []
         for message, name in ((parsed.image, "image"), (parsed.mask, "mask")):
             if message is None:
@@ -90,10 +97,37 @@ class _FromImages(_Generation[InputImages]):
             except errors.InvalidArgument as exc:
                 problems.take(exc)
                 decoded.append(None)
-        return decoded[0], decoded[1]
+        return problems, decoded[0], decoded[1]
 
     def _family(self) -> str:
         return self.engine.info().family
+
+
+class ImageToImage(_FromImages):
+    """ImageToImage and StreamImageToImage: the input decoded and resized on the CPU pool."""
+
+    kind = "image_to_image"
+    response_cls = t2i_pb2.ImageToImageResponse
+    stream_response_cls = t2i_pb2.StreamImageToImageResponse
+
+    def parse(self, message: t2i_pb2.ImageToImageRequest, call: CallFacts) -> InputImages:
+        if not self.engine.limits.supports_image_to_image:
+            # Before anything else: the answer depends on the model, not on the request.
+            raise errors.Unimplemented(
+                f"the loaded {self._family()} pipeline has no image-to-image variant"
+            )
+        strength = message.strength if message.HasField("strength") else None
+        return self._parsed(message, call, ("image",), strength)
+
+    def prepare(self, parsed: InputImages) -> GenerationJob:
+        problems, image, _ = self._decoded(parsed)
+        if image is None:
+            problems.raise_if_any()
+            raise AssertionError("an undecodable input always has a violation")
+        sized = replace(parsed.request, input_size=image.size)
+        job = self.job(sized, parsed.delivery, parsed.preview_every, problems)
+        resized = _resize(image, job.plan.width, job.plan.height)
+        return replace(job, plan=replace(job.plan, image=resized))
 
 
 class InpaintImage(_FromImages):
@@ -114,9 +148,7 @@ class InpaintImage(_FromImages):
         return self._parsed(message, call, ("image", "mask"), strength)
 
     def prepare(self, parsed: InputImages) -> GenerationJob:
-        problems = errors.Violations()
-        problems.items.extend(parsed.problems)
-        image, mask = self._decoded(parsed, problems)
+        problems, image, mask = self._decoded(parsed)
         grey = checked_mask(mask, image.size, problems) if image and mask else None
         if grey is not None:
             # Checked at the sent size, so this problem is reported with the request's others.
@@ -152,9 +184,7 @@ class EditImage(_FromImages):
         return self._parsed(message, call, ("image",))
 
     def prepare(self, parsed: InputImages) -> GenerationJob:
-        problems = errors.Violations()
-        problems.items.extend(parsed.problems)
-        image, _ = self._decoded(parsed, problems)
+        problems, image, _ = self._decoded(parsed)
         if image is None:
             problems.raise_if_any()
             raise AssertionError("an undecodable input always has a violation")

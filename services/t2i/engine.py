@@ -32,6 +32,7 @@ from services.t2i.config import T2ISettings
 from services.t2i.families import FamilyProfile, GenerationLimits, profile_for, resolve_limits
 from services.t2i.loader import LoadedPipelines, latent_multiple, load_pipelines, native_size
 from services.t2i.previews import LatentPreviewer, PreviewFrame, calibrate
+from services.t2i.row_cut import RowCutter
 from services.t2i.schedulers import Schedulers
 from services.t2i.validation import GenerationPlan, GenerationRequest, plan_generation
 
@@ -64,6 +65,7 @@ class T2IEngine(Engine):
         self._adapters = Adapters()
         self._schedulers = Schedulers()
         self._cache = StepCache()
+        self._row_guidance = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -71,17 +73,14 @@ class T2IEngine(Engine):
         settings = self.settings
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        self._options = TorchOptions.from_specs(
-            settings.device,
-            settings.dtype,
-            settings.attention,
-            settings.compile,
-            settings.compile_mode,
-        )
+        self._options = TorchOptions.from_settings(settings)
         loaded = load_pipelines(settings, self._options)
         self._loaded = loaded
         self._profile = profile_for(loaded.family.family)
         self._previewer = calibrate(loaded.text_to_image)
+        self._row_guidance = self._profile.row_guidance and not _guidance_embedded(
+            loaded.text_to_image
+        )
         self._schedulers = Schedulers(loaded.text_to_image.scheduler)
         self._adapters = Adapters.load(loaded.text_to_image, settings.lora_dir)
         self._cache = StepCache.apply(
@@ -148,6 +147,11 @@ class T2IEngine(Engine):
         if self._loaded is None:
             raise errors.Unavailable("model is not loaded")
         return self._loaded
+
+    @property
+    def row_guidance(self) -> bool:
+        """Whether rows of one denoising batch may each have their own guidance scale."""
+        return self._row_guidance
 
     @property
     def scheduler_name(self) -> str:
@@ -249,18 +253,38 @@ class T2IEngine(Engine):
         kwargs = self._call_kwargs(pipe, plans[0], steps)
         negatives = [self._negative(plan, accepted) for plan in plans]
         per_row = batching.row_inputs(rows, negatives)
+        if self.row_guidance:
+            per_row[self._profile.cfg_argument] = batching.row_guidance(rows)
         kwargs.update({key: value for key, value in per_row.items() if key in accepted})
-        images = batching.split_images(rows, self._run(pipe, plans[0], kwargs))
+        if self._rows_can_leave(pipe):
+            steps.cutter = RowCutter(per_row["generator"], per_row.get(self._profile.cfg_argument))
+            kwargs["callback_on_step_end_tensor_inputs"] = list(pipe._callback_tensor_inputs)
+        generated = self._run(pipe, plans[0], kwargs)
+        images = batching.split_images(steps.present, generated)  # the rows left after cuts
+        computed = {id(row.ctx): found for row, found in zip(steps.present, images, strict=True)}
         outputs: list[GenerationOutput | Exception] = []
-        for row, row_images, (truncated, count) in zip(rows, images, tokens, strict=True):
+        for row, (truncated, count) in zip(rows, tokens, strict=True):
             error = row.ctx.cancel.error
-            if error is not None:
-                outputs.append(error)
+            if error is not None or id(row.ctx) not in computed:
+                outputs.append(error or RuntimeError("the row left the batch"))
                 continue
             outputs.append(
-                GenerationOutput(row_images, row.plan.seed, steps.steps_done, truncated, count)
+                GenerationOutput(
+                    computed[id(row.ctx)], row.plan.seed, steps.steps_done, truncated, count
+                )
             )
         return outputs
+
+    def _rows_can_leave(self, pipe: Any) -> bool:
+        """Whether a cancelled row can be cut out of this pipeline's running loop: its family's
+        loop rebuilds every per-row input from the step-end tensors (services.t2i.row_cut), and
+        no step cache holds the previous step's rows."""
+        return (
+            self._profile.row_cut
+            and self._cache.kind == "none"
+            and pipe is self.pipelines.text_to_image
+            and "latents" in getattr(pipe, "_callback_tensor_inputs", ())
+        )
 
     def _run(self, pipe: Any, plan: GenerationPlan, kwargs: dict[str, Any]) -> list[Image.Image]:
         """The pipeline call set up for `plan` (every row of a batch shares its setup)."""
@@ -431,6 +455,14 @@ def _scheduler_steps(pipe: Any) -> int | None:
 def _guidance_distilled(pipe: Any) -> bool:
     denoiser = getattr(pipe, "transformer", None)
     return bool(getattr(getattr(denoiser, "config", None), "guidance_embeds", False))
+
+
+def _guidance_embedded(pipe: Any) -> bool:
+    """True where the denoiser takes the guidance scale as a conditioning input (guidance-
+    distilled transformers, LCM UNets) rather than mixing two passes with it."""
+    unet_config = getattr(getattr(pipe, "unet", None), "config", None)
+    lcm = getattr(unet_config, "time_cond_proj_dim", None) is not None
+    return lcm or _guidance_distilled(pipe)
 
 
 def _is_allocation_failure(exc: BaseException) -> bool:

@@ -41,20 +41,29 @@ class FamilyProfile:
     blank_negative_for_cfg: bool = False
     # Token limits of tokenizers whose model_max_length is not what the pipeline truncates to.
     token_limits: Mapping[str, int] = field(default_factory=dict)
+    # True where the pipeline guides as `uncond + scale * (cond - uncond)` over image rows, so
+    # a denoising batch can give each row its own scale (services.t2i.batching.RowGuidance).
+    row_guidance: bool = False
+    # True where a cancelled row can be cut out of the running loop (services.t2i.row_cut):
+    # the loop rebuilds every per-row input from the tensors its step-end callback returns.
+    row_cut: bool = False
 
 
 GENERIC = FamilyProfile()
 
 PROFILES: dict[str, FamilyProfile] = {
     # SD 1.x/2.x were trained at 512/768: larger sizes tile badly and cost quadratically.
-    "stable_diffusion": replace(GENERIC, max_size=1024, max_pixels=1024 * 1024),
-    "stable_diffusion_xl": replace(GENERIC, default_guidance=5.0),
+    "stable_diffusion": replace(
+        GENERIC, max_size=1024, max_pixels=1024 * 1024, row_guidance=True, row_cut=True
+    ),
+    "stable_diffusion_xl": replace(GENERIC, default_guidance=5.0, row_guidance=True),
     "stable_diffusion_3": replace(
         GENERIC,
         size_multiple=16,
         default_steps=28,
         default_guidance=7.0,
         token_limits={"tokenizer_3": 256},
+        row_guidance=True,
     ),
     "flux": replace(
         GENERIC,
@@ -79,6 +88,7 @@ PROFILES: dict[str, FamilyProfile] = {
         cfg_argument="true_cfg_scale",
         blank_negative_for_cfg=True,
         token_limits={"tokenizer": 512},
+        row_guidance=True,
     ),
 }
 

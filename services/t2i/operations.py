@@ -1,9 +1,9 @@
 """mmserve.t2i.v1.ImageGenerationService as operations on the runtime's request pipeline.
 
 A request is validated on the event loop before anything is queued (a bad request never waits
-for the device), every bad field named in one reply. Image-to-image decodes and resizes its
-input on the CPU pool; the device thread only denoises; output images and previews are encoded
-on the CPU pool (services.t2i.rendering).
+for the device), every bad field named in one reply. The operations that start from an image
+(services.t2i.editing_operations) decode it on the CPU pool; the device thread only denoises;
+output images and previews are encoded on the CPU pool (services.t2i.rendering).
 """
 
 from __future__ import annotations
@@ -59,19 +59,6 @@ class GenerationJob:
 
     plan: GenerationPlan
     delivery: Delivery
-
-
-@dataclass(frozen=True)
-class ImageEdit:
-    """An image-to-image request as parsed: its input is decoded (and the plan, which depends
-    on the input's size, made) on the CPU pool. `problems` are the violations parsing found,
-    reported together with the ones only the decoded image reveals."""
-
-    image: media_pb2.Image
-    request: GenerationRequest
-    delivery: Delivery
-    preview_every: int
-    problems: tuple[errors.FieldViolation, ...]
 
 
 Parsed = TypeVar("Parsed")
@@ -151,7 +138,7 @@ class TextToImage(
         return BatchSpec(settings.max_batch_size, settings.max_batch_wait_ms)
 
     def batch_key(self, prepared: GenerationJob) -> Hashable:
-        return batching.batch_key(prepared.plan)
+        return batching.batch_key(prepared.plan, self.engine.row_guidance)
 
     def run_batch(
         self, prepared: list[GenerationJob], contexts: list[JobContext]
@@ -168,47 +155,6 @@ class TextToImage(
         delivery = self.delivery(message.params, preview, problems)
         request = _generation_request(message.params)
         return self.job(request, delivery, _preview_every(preview), problems)
-
-
-class ImageToImage(_Generation[ImageEdit]):
-    """ImageToImage and StreamImageToImage: the input decoded and resized on the CPU pool."""
-
-    kind = "image_to_image"
-    response_cls = t2i_pb2.ImageToImageResponse
-    stream_response_cls = t2i_pb2.StreamImageToImageResponse
-
-    def parse(self, message: t2i_pb2.ImageToImageRequest, call: CallFacts) -> ImageEdit:
-        if not self.engine.limits.supports_image_to_image:
-            # Before anything else: the answer depends on the model, not on the request.
-            raise errors.Unimplemented(
-                f"the loaded {self.engine.info().family} pipeline has no image-to-image variant"
-            )
-        problems = errors.Violations()
-        preview = message.preview if call.streaming else None
-        delivery = self.delivery(message.params, preview, problems)
-        if not message.HasField("image"):
-            problems.add("image", "required")
-            problems.raise_if_any()
-        strength = message.strength if message.HasField("strength") else None
-        request = _generation_request(message.params, strength=strength)
-        every = _preview_every(preview)
-        return ImageEdit(message.image, request, delivery, every, tuple(problems.items))
-
-    def prepare(self, request: ImageEdit) -> GenerationJob:
-        problems = errors.Violations()
-        problems.items.extend(request.problems)
-        try:
-            # No aspect-ratio cap: the input is resized to the output size, so a 4096x1 strip
-            # is as harmless as a square.
-            image = self.runtime.load_image(request.image, "image", max_aspect_ratio=None)
-        except errors.InvalidArgument as exc:
-            problems.take(exc)
-            problems.raise_if_any()
-            raise
-        sized = replace(request.request, input_size=image.size)
-        job = self.job(sized, request.delivery, request.preview_every, problems)
-        resized = _resize(image, job.plan.width, job.plan.height)
-        return replace(job, plan=replace(job.plan, image=resized))
 
 
 class ModelInfo(Inline):
@@ -249,7 +195,7 @@ class ModelInfo(Inline):
 def operations(runtime: ServiceRuntime) -> OperationTable:
     """The service's table: each RPC and what answers it."""
     # Imported here: those operations build on this module's.
-    from services.t2i.editing_operations import EditImage, InpaintImage
+    from services.t2i.editing_operations import EditImage, ImageToImage, InpaintImage
 
     text_to_image = TextToImage(runtime)
     image_to_image = ImageToImage(runtime)

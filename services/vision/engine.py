@@ -81,12 +81,7 @@ class VisionEngine(Engine):
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        self.options = TorchOptions.from_specs(
-            self.settings.device,
-            self.settings.dtype,
-            self.settings.attention,
-            self.settings.compile,
-        )
+        self.options = TorchOptions.from_settings(self.settings)
         resolved = loading.resolve(self.settings)
         self.folder, self.model_id = resolved.folder, resolved.model_id
         found = discover_family(self.folder)

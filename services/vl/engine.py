@@ -40,7 +40,12 @@ from services.runtime.chat.sampling import (
     SamplingPlan,
     resolve_sampling,
 )
-from services.runtime.devices import TorchOptions, device_memory_bytes, dtype_name, maybe_compile
+from services.runtime.devices import (
+    TorchOptions,
+    device_memory_bytes,
+    dtype_name,
+    maybe_compile,
+)
 from services.runtime.engine import Engine, EngineInfo
 from services.runtime.errors import FieldViolation, InvalidArgument, JobCancelled
 from services.runtime.executor import JobContext
@@ -105,11 +110,9 @@ class VLEngine(Engine):
 
     def load(self) -> None:
         settings = self.settings
-        self.options = TorchOptions.from_specs(
-            settings.device, settings.dtype, settings.attention, settings.compile
-        )
         resolved = resolve_model(settings, BUILTINS)
         folder, self.model_id = resolved.folder, resolved.model_id
+        self.options = TorchOptions.from_settings(settings, folder)
         family = discover_family(folder)
         if family.library != "transformers":
             raise ValueError(

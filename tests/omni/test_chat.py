@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import wave
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -17,6 +18,7 @@ from mmserve.common.v1 import chat_pb2, job_pb2, media_pb2
 from mmserve.omni.v1 import omni_pb2, omni_pb2_grpc
 from services.omni.speech import SentenceSpeaker, SpeechWriter
 from services.omni.turns import AudioOut
+from services.runtime.devices import checkpoint_dtype, resolve_dtype
 from tests.omni.support import (
     audio_part,
     piper,
@@ -60,7 +62,10 @@ def in_process_greedy(folder, question: str, max_new_tokens: int) -> str:
 
     torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    # The dtype the server's `auto` picks for this checkpoint on this CPU (bf16 where the CPU
+    # has bf16 instructions, as the model card's recipe loads it; else fp32).
+    dtype = resolve_dtype("auto", torch.device("cpu"), checkpoint_dtype(Path(folder)))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt"
     )

@@ -4,6 +4,7 @@ with monkeypatch so the "auto" rules are checked on a CPU-only machine too."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ import torch
 from services.runtime import devices
 from services.runtime.devices import (
     TorchOptions,
+    checkpoint_dtype,
+    cpu_computes_bf16,
     device_memory_bytes,
     dtype_name,
     maybe_compile,
@@ -92,6 +95,35 @@ def test_auto_dtype_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_dtype("auto", CUDA) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
     assert resolve_dtype("auto", CUDA) is torch.float16
+
+
+@pytest.mark.parametrize("instructions", [True, False])
+def test_auto_on_cpu_keeps_a_bf16_checkpoint_only_with_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, instructions: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: instructions)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert cpu_computes_bf16() is instructions
+    expected = torch.bfloat16 if instructions else torch.float32
+    assert resolve_dtype("auto", CPU, torch.bfloat16) is expected
+    # fp16 checkpoints run in fp32 on CPU (fp16 kernels are slow there); explicit specs win.
+    assert resolve_dtype("auto", CPU, torch.float16) is torch.float32
+    assert resolve_dtype("auto", CPU, torch.float32) is torch.float32
+    assert resolve_dtype("fp32", CPU, torch.bfloat16) is torch.float32
+    options = TorchOptions.from_specs("cpu", checkpoint=torch.bfloat16)
+    assert options.dtype is expected
+
+
+def test_checkpoint_dtype_reads_config_json(tmp_path: Path) -> None:
+    assert checkpoint_dtype(tmp_path) is None  # no config.json
+    (tmp_path / "config.json").write_text('{"torch_dtype": "bfloat16"}')
+    assert checkpoint_dtype(tmp_path) is torch.bfloat16
+    (tmp_path / "config.json").write_text('{"dtype": "float32"}')
+    assert checkpoint_dtype(tmp_path) is torch.float32
+    (tmp_path / "config.json").write_text('{"text_config": {"dtype": "bfloat16"}}')
+    assert checkpoint_dtype(tmp_path) is torch.bfloat16
+    (tmp_path / "config.json").write_text("not json")
+    assert checkpoint_dtype(tmp_path) is None
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ from services.runtime.operations import Inline, Operation, Usage
 from services.runtime.pipeline import service_descriptor
 from services.t2i.capability import SERVICE_NAME
 from services.t2i.config import T2ISettings
+from services.t2i.editing_operations import ImageToImage
 from services.t2i.engine import GenerationOutput, PreviewFrame, T2IEngine
-from services.t2i.operations import ImageToImage, TextToImage, operations
+from services.t2i.operations import TextToImage, operations
 from services.t2i.rendering import Encoding, Generated, GenerationStream
 
 
