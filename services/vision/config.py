@@ -71,12 +71,12 @@ class VisionSettings(ServiceSettings):
         0, ge=0, description="Intra-op threads torch uses on CPU; 0 keeps torch's default."
     )
     openmp_wait_policy: OpenMPWaitPolicy = Field(
-        "passive",
+        "inherit",
         description=(
-            "How torch's idle CPU threads wait (passive, active, inherit). Passive by default "
-            "here: images are decoded and preprocessed on other threads while the model runs, "
-            "and spinning OpenMP threads starve them (bench/RESULTS.md). Applied before torch "
-            "loads; an OMP_WAIT_POLICY in the environment wins."
+            "How torch's idle CPU threads wait (passive, active, inherit). inherit (OpenMP's "
+            "own bounded spin, then sleep) measured best here at 1 and 16 clients; passive "
+            "cost 15-20 ms per single-image call on 2 cores (bench/RESULTS.md). Applied before "
+            "torch loads; an OMP_WAIT_POLICY in the environment wins."
         ),
     )
     # --- request limits ---
