@@ -1,6 +1,8 @@
 """Text-to-image throughput under concurrency: denoising batches on (`--max-batch-size 4`)
 against off (`--max-batch-size 1`), at 1 and 4 concurrent clients, on the bench's t2i model of
-a profile (`cpu`: the small SD-class model at 256x256, 8 steps; `tiny`: the tiny SD).
+a profile (`cpu`: the small SD-class model at 256x256, 8 steps; `tiny`: the tiny SD; `gpu`: SD
+1.5 shapes with fast random weights at 512x512, 20 steps, for a GPU window: the servers pick
+the GPU and bf16 by themselves).
 
 Two servers run side by side, straight to their ports; every round measures each (server,
 clients) cell once, interleaved (on/off at 1 client, then on/off at 4), so a slow stretch of a
@@ -31,7 +33,7 @@ from bench import kit
 
 PROMPTS = ("a red fox in snow", "a lighthouse at dusk", "a bowl of lemons", "a city in rain")
 LEVELS = (1, 4)
-SIZES = {"cpu": (256, 8), "tiny": (128, 4)}  # (side, steps) per profile
+SIZES = {"cpu": (256, 8), "tiny": (128, 4), "gpu": (512, 20)}  # (side, steps) per profile
 
 
 class Client(kit.ChannelClient):
