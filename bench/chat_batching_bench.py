@@ -156,17 +156,13 @@ def measure(
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Median over rounds per cell, plus the goals' ratios (each the median of round ratios)."""
-    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    for row in rows:
-        cells.setdefault((row["capability"], row["batching"], row["clients"]), []).append(row)
+    cells = kit.rounds_by_cell(rows, "capability", "batching", "clients")
 
     def median(key: tuple[str, str, int], field: str) -> float:
         return statistics.median(r[field] for r in cells[key])
 
     def paired(a: tuple[str, str, int], b: tuple[str, str, int], field: str) -> float:
-        return statistics.median(
-            x[field] / y[field] for x, y in zip(cells[a], cells[b], strict=True) if y[field]
-        )
+        return kit.paired_ratio(cells, a, b, field)
 
     lines = [
         "| capability | batching | clients | tokens/s | TTFT p50 ms | largest batch |",

@@ -11,6 +11,7 @@ A capability module defines `benchmark(plan, log) -> (cells, notes)`; bench.run 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -49,6 +50,25 @@ __all__ = [
     "timed_sequence",
     "torch_dtype",
 ]
+
+
+def rounds_by_cell(rows: Sequence[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list]:
+    """A served-vs-served bench's per-round rows grouped by cell (the values of `keys`), each
+    cell's rounds in the order they ran."""
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault(tuple(row[key] for key in keys), []).append(row)
+    return cells
+
+
+def paired_ratio(
+    cells: dict[tuple[Any, ...], list], a: tuple[Any, ...], b: tuple[Any, ...], field: str
+) -> float:
+    """Median over rounds of cell a's `field` / cell b's in the same round (rounds where b is 0
+    left out): a goal is judged on paired rounds, so a slow stretch hits both sides alike."""
+    return statistics.median(
+        x[field] / y[field] for x, y in zip(cells[a], cells[b], strict=True) if y[field]
+    )
 
 
 def torch_dtype(name: str) -> Any:

@@ -133,37 +133,18 @@ def t2i_model_dir(profile: str) -> Path:
 
 def build_sd_fast(folder: Path, config: dict[str, Any], dtype: str) -> None:
     """The Stable Diffusion pipeline of `config` with fast random weights (bench.random_weights),
-    saved in `dtype`: the same files build_stable_diffusion writes."""
+    saved in `dtype`: the built-in's builder with another way to make each model."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from bench.random_weights import empty, materialise
-    from services.runtime.tokenizers import clip_tokenizer
-    from services.t2i.builtin.common import remove_tree, tuples
+    from services.t2i.builtin.stable_diffusion import build_stable_diffusion
 
     torch_dtype = getattr(torch, dtype)
 
     def fast(factory: Any) -> Any:
         return materialise(empty(factory), torch_dtype).eval()
 
-    pipe = StableDiffusionPipeline(
-        unet=fast(lambda: UNet2DConditionModel(**tuples(config["unet"]))),
-        vae=fast(lambda: AutoencoderKL(**tuples(config["vae"]))),
-        text_encoder=fast(lambda: CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))),
-        tokenizer=clip_tokenizer(folder / "_clip_vocab"),
-        scheduler=DDIMScheduler(**config["scheduler"]),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder)
-    remove_tree(folder / "_clip_vocab")
+    build_stable_diffusion(folder, config, construct=fast)
 
 
 # --- vl: Qwen2.5-VL-like models -----------------------------------------------------------------

@@ -101,14 +101,10 @@ def measure(
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Median over rounds per cell, plus ratios (each the median of paired round ratios)."""
-    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for row in rows:
-        cells.setdefault((row["batching"], row["clients"]), []).append(row)
+    cells = kit.rounds_by_cell(rows, "batching", "clients")
 
     def paired(a: tuple[str, int], b: tuple[str, int], field: str) -> float:
-        return statistics.median(
-            x[field] / y[field] for x, y in zip(cells[a], cells[b], strict=True) if y[field]
-        )
+        return kit.paired_ratio(cells, a, b, field)
 
     lines = [
         "| batching | clients | images/s | latency p50 s | largest batch |",

@@ -99,13 +99,9 @@ def traced_stack(
         # The services' batch processor sends every 0.1 s instead of every 5 s.
         env={**SERVICE_ENV, "OTEL_BSP_SCHEDULE_DELAY": "100"},
     )
-    stack = Stack(config)
-    stack.start()
-    try:
+    with Stack(config) as stack:
         stack.wait_ready()
         yield stack
-    finally:
-        stack.stop()
 
 
 def wait_for_trace(

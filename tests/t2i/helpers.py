@@ -62,3 +62,14 @@ def solid_png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
     array = np.clip(base * 0.5 + ramp * 0.5, 0, 255).astype(np.uint8)
     array = np.broadcast_to(array, (height, width, 3)).copy()
     return encode_image(Image.fromarray(array, "RGB"), "PNG")
+
+
+async def job_id_at_step_two(stream: Any) -> str:
+    """Reads a streaming generation until its second step and returns its job id."""
+    job_id = ""
+    while (event := await stream.read()) is not grpc.aio.EOF:
+        if event.HasField("accepted"):
+            job_id = event.accepted.job_id
+        if event.HasField("step") and event.step.progress.step >= 2:
+            return job_id
+    raise AssertionError("the long job ended by itself")

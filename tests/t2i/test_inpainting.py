@@ -21,6 +21,7 @@ from tests.support.rpc import field_violations
 from tests.t2i.helpers import (
     PROMPT,
     generators,
+    job_id_at_step_two,
     load_reference,
     params,
     png_bytes,
@@ -198,16 +199,7 @@ async def test_cancel_stops_an_inpainting_job_and_the_next_runs(stub) -> None:
         timeout=WAIT * 5,
     )
 
-    async def until_step_two() -> str:
-        job_id = ""
-        while (event := await long_stream.read()) is not grpc.aio.EOF:
-            if event.HasField("accepted"):
-                job_id = event.accepted.job_id
-            if event.HasField("step") and event.step.progress.step >= 2:
-                return job_id
-        raise AssertionError("the long job ended by itself")
-
-    job_id = await asyncio.wait_for(until_step_two(), WAIT)
+    job_id = await asyncio.wait_for(job_id_at_step_two(long_stream), WAIT)
     cancelled = await stub.CancelJob(job_pb2.CancelJobRequest(job_id=job_id), timeout=WAIT)
     assert cancelled.job.state == job_pb2.JOB_STATE_CANCELLED
     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -21,6 +21,7 @@ from tests.support.rpc import field_violations
 from tests.t2i.helpers import (
     PROMPT,
     generators,
+    job_id_at_step_two,
     load_reference,
     params,
     png_bytes,
@@ -210,16 +211,7 @@ async def test_cancel_at_step_two_frees_the_executor_for_the_next_job(stub) -> N
         timeout=WAIT * 5,
     )
 
-    async def until_step_two() -> str:
-        job_id = ""
-        while (event := await long_stream.read()) is not grpc.aio.EOF:
-            if event.HasField("accepted"):
-                job_id = event.accepted.job_id
-            if event.HasField("step") and event.step.progress.step >= 2:
-                return job_id
-        raise AssertionError("the long job ended by itself")
-
-    long_id = await asyncio.wait_for(until_step_two(), WAIT)
+    long_id = await asyncio.wait_for(job_id_at_step_two(long_stream), WAIT)
     next_stream = stub.StreamTextToImage(
         t2i_pb2.TextToImageRequest(params=params(seed=2, num_inference_steps=2)), timeout=WAIT
     )

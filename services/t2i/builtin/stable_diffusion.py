@@ -3,7 +3,7 @@ the real CLIP tokenizer, DDIM."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,17 @@ SD_CONFIG: dict[str, Any] = {
 }
 
 
-def build_stable_diffusion(folder: Path, config: Mapping[str, Any] = SD_CONFIG) -> None:
-    """A StableDiffusionPipeline with the real CLIP tokenizer, saved into `folder`."""
+def _eager(factory: Callable[[], Any]) -> Any:
+    return factory()
+
+
+def build_stable_diffusion(
+    folder: Path,
+    config: Mapping[str, Any] = SD_CONFIG,
+    construct: Callable[[Callable[[], Any]], Any] = _eager,
+) -> None:
+    """A StableDiffusionPipeline with the real CLIP tokenizer, saved into `folder`.
+    `construct` makes each model from its factory (the bench passes a faster random init)."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -65,9 +74,9 @@ def build_stable_diffusion(folder: Path, config: Mapping[str, Any] = SD_CONFIG) 
     from transformers import CLIPTextConfig, CLIPTextModel
 
     pipe = StableDiffusionPipeline(
-        unet=UNet2DConditionModel(**tuples(config["unet"])),
-        vae=AutoencoderKL(**tuples(config["vae"])),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**config["text_encoder"])).eval(),
+        unet=construct(lambda: UNet2DConditionModel(**tuples(config["unet"]))),
+        vae=construct(lambda: AutoencoderKL(**tuples(config["vae"]))),
+        text_encoder=construct(lambda: CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))),
         tokenizer=clip_tokenizer(folder / "_clip_vocab"),
         scheduler=DDIMScheduler(**config["scheduler"]),
         safety_checker=None,
