@@ -59,6 +59,7 @@ from services.runtime.job_events import (
     JobUsage,
 )
 from services.runtime.job_table import JobRecord, JobTable
+from services.runtime.mailbox import LoopMailbox
 
 # Engines, servicers and tests import all of these from here, wherever they are defined.
 __all__ = [
@@ -284,6 +285,7 @@ class SingleFlightExecutor(JobTable):
         if self._scheduler is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._mailbox = LoopMailbox(self._loop)
         self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="device")
         self._scheduler = self._loop.create_task(self._schedule(), name="executor-scheduler")
         self._scheduler.add_done_callback(self._scheduler_done)

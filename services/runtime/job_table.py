@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 import uuid
@@ -35,6 +34,7 @@ from services.runtime.job_events import (
     JobState,
     JobUsage,
 )
+from services.runtime.mailbox import LoopMailbox
 
 if TYPE_CHECKING:  # the executor module defines them and imports this one
     from services.runtime.executor import ExecutorConfig, ExecutorObserver
@@ -155,6 +155,7 @@ class JobTable:
             self._config.eta_alpha, self._config.eta_min_samples, self._config.eta_base_seconds
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._mailbox: LoopMailbox | None = None  # with the loop
         self._queue: list[JobRecord] = []
         self._jobs: dict[str, JobRecord] = {}
         self._ended: collections.deque[tuple[float, str]] = collections.deque()
@@ -326,11 +327,9 @@ class JobTable:
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
         """Hands a device-thread report to the loop thread; dropped if the loop is gone."""
-        loop = self._loop
-        if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-            loop.call_soon_threadsafe(callback, *args)
+        mailbox = self._mailbox
+        if mailbox is not None:
+            mailbox.post(callback, *args)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
