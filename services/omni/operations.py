@@ -122,7 +122,7 @@ class ChatOperation(BatchedOperation[ChatCall, PreparedChat, ChatResult]):
     def run_joined(self, session: JoinSession) -> None:
         decoder = self.engine.decoder()
         assert decoder is not None
-        DecodeLoop(decoder).run(session)
+        DecodeLoop(decoder, self.settings.batch_prefill_tokens).run(session)
 
     def solo(self, prepared: PreparedChat) -> bool:
         return prepared.prompt is None

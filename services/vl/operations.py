@@ -105,7 +105,7 @@ class Chat(BatchedOperation[ChatCall, PreparedChat, ChatOutput]):
         return JoinSpec(self.settings.batch_max_size)
 
     def run_joined(self, session: JoinSession) -> None:
-        DecodeLoop(self.engine.decoder()).run(session)
+        DecodeLoop(self.engine.decoder(), self.settings.batch_prefill_tokens).run(session)
 
     def batch_spec(self) -> BatchSpec | None:
         if not self.settings.batching:

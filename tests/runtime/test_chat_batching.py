@@ -151,3 +151,40 @@ def test_leaving_rows_trim_the_padding(model: Any) -> None:
     assert batch.mask.shape == (1, 2)
     assert batch.cache.layers[0].keys.shape[2] == 2
     assert batch.positions.tolist() == [2]
+
+
+def test_a_prefill_token_budget_splits_newcomers_across_steps(model: Any) -> None:
+    """Newcomers that together pass the budget (rows x the longest prompt) prefill over several
+    steps in arrival order, the first always; each still decodes as it would alone."""
+    decoder = CausalLmDecoder(model, ByteTokenizer(), frozenset({EOS}))
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[3], [60, 61, 62]]
+    prefills: list[int] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(decoder, name)
+
+        def prefill(self, batch: list[Any]) -> Any:
+            prefills.append(len(batch))
+            return decoder.prefill(batch)
+
+    contexts = [JobContext(f"row-{i}", "chat") for i in range(len(prompts))]
+    pairs = zip(prompts, contexts, strict=True)
+    jobs = [_Job(Prepared(ids, SamplingPlan(6)), ctx) for ids, ctx in pairs]
+    results: dict[str, Any] = {}
+    session = JoinSession(8, lambda job, value, size: results.__setitem__(job.job_id, value))
+    for job in jobs:
+        session.admit(job)
+    # 2 x 4 fits 8; a third row (prompt 9) would make 27; 9 alone passes the budget but the
+    # first always goes; then 2 rows of up to 3 tokens fit.
+    DecodeLoop(Counting(), prefill_tokens=8).run(session)  # type: ignore[arg-type]
+    assert prefills == [2, 1, 2]
+    for ids, ctx in zip(prompts, contexts, strict=True):
+        assert results[ctx.job_id].text == text_of(greedy_alone(model, ids, 6))
+
+    prefills.clear()
+    session = JoinSession(8, lambda job, value, size: results.__setitem__(job.job_id, value))
+    for job in [_Job(job.batch_input, JobContext(job.job_id, "chat")) for job in jobs]:
+        session.admit(job)
+    DecodeLoop(Counting()).run(session)  # type: ignore[arg-type]
+    assert prefills == [5]  # no budget: all together

@@ -60,6 +60,13 @@ class DecodeModel(ABC):
         return self.model.device
 
 
+def _prompt_length(model: DecodeModel, prepared: Any) -> int:
+    try:
+        return len(model.row_start(prepared).prompt_ids)
+    except Exception:  # the prefill reports it; for the budget it costs nothing
+        return 0
+
+
 def _cancel_error(row: DecodeRow) -> Exception:
     return row.ctx.cancel.error or JobCancelled("cancelled")
 
@@ -67,8 +74,12 @@ def _cancel_error(row: DecodeRow) -> Exception:
 class DecodeLoop:
     """One joined run: call `run(session)` on the device thread (the operation's run_joined)."""
 
-    def __init__(self, model: DecodeModel) -> None:
+    def __init__(self, model: DecodeModel, prefill_tokens: int = 0) -> None:
+        """`prefill_tokens`: the most tokens one prefill computes (rows x the longest prompt,
+        as left padding does; 0: no limit). Newcomers past it prefill at the next step, so
+        the running rows wait for a bounded prefill and the first newcomers start sooner."""
         self._model = model
+        self._prefill_tokens = prefill_tokens
         speed_up_output_projection(model.model)
         self._rows: list[DecodeRow] = []
         self._batch: KvBatch | None = None
@@ -121,10 +132,9 @@ class DecodeLoop:
     # --- rows joining ------------------------------------------------------------------------
 
     def _admit(self, session: JoinSession) -> None:
-        """Prefills the waiting jobs of the first one's group and merges them into the batch."""
+        """Prefills the next waiting jobs and merges them into the batch."""
         model = self._model
-        group = model.prefill_group(self._waiting[0].batch_input)
-        jobs = [job for job in self._waiting if model.prefill_group(job.batch_input) == group]
+        jobs = self._admission()
         self._waiting = [job for job in self._waiting if job not in jobs]
         try:
             starts = [model.row_start(job.batch_input) for job in jobs]
@@ -148,6 +158,24 @@ class DecodeLoop:
             self._batch.merge(prefill)
         self._rows += rows
         self._leave(session)
+
+    def _admission(self) -> list[Any]:
+        """The jobs the next prefill takes: those of the first waiting job's group, in arrival
+        order, within the prefill token budget (the first one always)."""
+        model = self._model
+        group = model.prefill_group(self._waiting[0].batch_input)
+        budget = self._prefill_tokens
+        chosen: list[Any] = []
+        longest = 0
+        for job in self._waiting:
+            if model.prefill_group(job.batch_input) != group:
+                continue
+            length = max(longest, _prompt_length(model, job.batch_input))
+            if chosen and budget and (len(chosen) + 1) * length > budget:
+                break
+            chosen.append(job)
+            longest = length
+        return chosen
 
     # --- one step ----------------------------------------------------------------------------
 

@@ -45,6 +45,13 @@ class ChatSettings(ServiceSettings):
         "stop sequences, limit and cancel); off runs one request at a time.",
     )
     batch_max_size: int = Field(8, ge=1, description="Most requests decoding together.")
+    batch_prefill_tokens: int = Field(
+        0,
+        ge=0,
+        description="Most tokens one prefill of newcomers computes (rows x longest prompt); "
+        "newcomers past it prefill at the next step, so running rows wait less and the first "
+        "newcomers start sooner. 0: all newcomers of a step prefill together.",
+    )
 
     @model_validator(mode="after")
     def _check_token_budget(self) -> Self:
