@@ -63,8 +63,15 @@ def test_a_flat_collection_that_outgrows_the_threshold_becomes_a_graph(tmp_path:
     while store.index_kind("", "c") != "hnsw":
         assert time.monotonic() < deadline, "the graph was never swapped in"
         time.sleep(0.05)
-    for probe in (10, 450, 899):
-        assert store.search("", "c", rows[probe], 1, {}, False).hits[0].id == f"v-{probe}"
+    # A graph is approximate: on random 64-d vectors about 0.3% of its nodes are unreachable
+    # (measured over 30 builds), so each stored row is looked up and most must find themselves;
+    # rows the catch-up had missed (800-899, written during the build) would cost 11%.
+    found = [
+        store.search("", "c", row, 1, {}, False).hits[0].id == f"v-{index}"
+        for index, row in enumerate(rows)
+    ]
+    assert np.mean(found) >= 0.98
+    assert np.mean(found[800:]) >= 0.95
     assert len(list((tmp_path / "indexes").glob("*.usearch"))) == 1
     store.close()
     reopened = CollectionStore(tmp_path, "model", DIM, exact_max=500)

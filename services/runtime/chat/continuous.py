@@ -170,11 +170,12 @@ class DecodeLoop:
         for job in self._waiting:
             if model.prefill_group(job.batch_input) != group:
                 continue
-            length = max(longest, _prompt_length(model, job.batch_input))
-            if chosen and budget and (len(chosen) + 1) * length > budget:
-                break
+            if budget:
+                length = max(longest, _prompt_length(model, job.batch_input))
+                if chosen and (len(chosen) + 1) * length > budget:
+                    break
+                longest = length
             chosen.append(job)
-            longest = length
         return chosen
 
     # --- one step ----------------------------------------------------------------------------
