@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from services.runtime.errors import FailedPrecondition
+from services.vision.collections.index import HnswIndex
 from services.vision.collections.store import CollectionStore
 
 DIM = 64
@@ -63,15 +64,9 @@ def test_a_flat_collection_that_outgrows_the_threshold_becomes_a_graph(tmp_path:
     while store.index_kind("", "c") != "hnsw":
         assert time.monotonic() < deadline, "the graph was never swapped in"
         time.sleep(0.05)
-    # A graph is approximate: on random 64-d vectors about 0.3% of its nodes are unreachable
-    # (measured over 30 builds), so each stored row is looked up and most must find themselves;
-    # rows the catch-up had missed (800-899, written during the build) would cost 11%.
-    found = [
-        store.search("", "c", row, 1, {}, False).hits[0].id == f"v-{index}"
-        for index, row in enumerate(rows)
-    ]
-    assert np.mean(found) >= 0.98
-    assert np.mean(found[800:]) >= 0.95
+    # Every row, those written during the build (800-899) included, is found first by itself.
+    for index, row in enumerate(rows):
+        assert store.search("", "c", row, 1, {}, False).hits[0].id == f"v-{index}"
     assert len(list((tmp_path / "indexes").glob("*.usearch"))) == 1
     store.close()
     reopened = CollectionStore(tmp_path, "model", DIM, exact_max=500)
@@ -141,3 +136,19 @@ def test_another_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition):
         other.search("", "c", unit_rows(5, 1)[0], 1, {}, False)
     other.close()
+
+
+def test_a_bulk_built_graph_reaches_every_row() -> None:
+    """A multi-threaded insert left 0.19% of random 64-d rows outside their own top 10 (about 17
+    of these 9,000 rows): no query could return them. The graph inserts those again."""
+    lost = 0
+    for seed in range(10):
+        rows = unit_rows(100 + seed, 900)
+        keys = np.arange(len(rows), dtype=np.int64)
+        graph = HnswIndex(DIM)
+        graph.add(keys, rows, threads=2)
+        assert len(graph) == len(rows)
+        for key, row in zip(keys, rows, strict=True):
+            found, _ = graph.search(row, 10)
+            lost += int(key not in found)
+    assert lost == 0

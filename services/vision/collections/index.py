@@ -24,6 +24,11 @@ from usearch.index import Index
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
 EXPANSION_SEARCH = 256
+# How a bulk add checks that each new row can be found: in its own top RELINK_TOP, re-inserting
+# the rows that are not at most RELINK_ROUNDS times (a row whose vector another row repeats may
+# never come first, and must not loop forever).
+RELINK_TOP = 10
+RELINK_ROUNDS = 3
 
 
 class HnswIndex:
@@ -65,11 +70,32 @@ class HnswIndex:
         return np.asarray(self._index.keys, dtype=np.int64)
 
     def add(self, keys: np.ndarray, vectors: np.ndarray, threads: int = 0) -> None:
-        """threads=0: all cores (a bulk build); the store passes 1 for small upserts."""
-        if len(keys):
-            self._index.add(
-                keys.astype(np.uint64), vectors.astype(np.float32, copy=False), threads=threads
-            )
+        """threads=0: all cores (a bulk build); the store passes 1 for small upserts. After a
+        multi-threaded add, the rows no search can reach are inserted again (`_relink`)."""
+        if not len(keys):
+            return
+        keys = keys.astype(np.uint64)
+        vectors = vectors.astype(np.float32, copy=False)
+        self._index.add(keys, vectors, threads=threads)
+        if threads != 1:
+            self._relink(keys, vectors)
+
+    def _relink(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Concurrent insertion can leave a node without the links that lead searches to it:
+        after multi-threaded adds of random unit vectors, 0.19% (64-d) and 0.07% (512-d) of the
+        rows were not in their own top 10, so no query would ever return them; one at a time,
+        none were. Such rows are removed and inserted again on one thread, checked the way a
+        search runs, a bounded number of times."""
+        for _ in range(RELINK_ROUNDS):
+            found = np.asarray(self._index.search(vectors, RELINK_TOP).keys, dtype=np.uint64)
+            if found.ndim == 1:
+                found = found.reshape(len(keys), -1)
+            lost = ~(found == keys[:, None]).any(axis=1)
+            if not lost.any():
+                return
+            keys, vectors = keys[lost], vectors[lost]
+            self._index.remove(keys)
+            self._index.add(keys, vectors, threads=1)
 
     def remove(self, keys: np.ndarray) -> None:
         if len(keys):
