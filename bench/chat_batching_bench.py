@@ -9,6 +9,13 @@ hits both modes alike. Clients are closed loop (each sends its next StreamChat a
 previous one ended). Figures: generated tokens/s of the whole run (all clients), and the median
 time to first token (from sending the request to the first text delta).
 
+`--lengths fixed` (the default) gives every request the same token limit, so 8 clients finish on
+the same decode step and send their next requests together: every request arrives in a burst of
+8, the worst case for time to first token. `--lengths mixed` cycles the limits through 1/4 to
+7/4 of `--tokens` (the same mean, so the same work per request), as a chat workload's answers
+vary: the clients drift apart after their first requests and a newcomer usually joins a running
+batch alone, the steady state a server with many users sees.
+
     python -m bench.chat_batching_bench --rounds 3 --capabilities omni,vl --vl-profile tiny
 
 prints a Markdown table and writes it (and every run's figures) to --out.
@@ -38,6 +45,15 @@ OMNI_PROMPTS = (
 )
 VL_PROMPT = "Describe this picture in detail."
 LEVELS = (1, 8)
+# Token limits of --lengths mixed, as fractions of --tokens: mean 1, every 8 requests.
+MIXED_LENGTHS = (0.5, 1.5, 1.0, 0.25, 1.75, 0.75, 1.25, 1.0)
+
+
+def token_limit(index: int, tokens: int, lengths: str) -> int:
+    """The max_new_tokens of the index-th request of a run."""
+    if lengths == "fixed":
+        return tokens
+    return max(1, round(tokens * MIXED_LENGTHS[index % len(MIXED_LENGTHS)]))
 
 
 def omni_request(index: int, tokens: int) -> Any:
@@ -68,26 +84,37 @@ def vl_request(index: int, tokens: int) -> Any:
 class Client:
     """StreamChat calls on one channel; `run` is one closed-loop run of `clients` callers."""
 
-    def __init__(self, capability: str, target: str, loop: kit.Loop, tokens: int) -> None:
+    def __init__(
+        self, capability: str, target: str, loop: kit.Loop, tokens: int, lengths: str = "fixed"
+    ) -> None:
         self.loop = loop
         self.channel = loop.channel(target)
+        self.tokens, self.lengths = tokens, lengths
         if capability == "omni":
             from mmserve.omni.v1 import omni_pb2_grpc
 
             self.stub: Any = omni_pb2_grpc.OmniServiceStub(self.channel)
-            self.requests = [omni_request(i, tokens) for i in range(4)]
+            self.build: Callable[[int, int], Any] = omni_request
         else:
             from tests.vl.helpers import stub
 
             self.stub = stub(self.channel)
-            self.requests = [vl_request(i, tokens) for i in range(4)]
+            self.build = vl_request
+        self.requests: dict[tuple[int, int], Any] = {}
+
+    def request(self, index: int) -> Any:
+        key = (index % 4, token_limit(index, self.tokens, self.lengths))
+        if key not in self.requests:
+            self.requests[key] = self.build(*key)
+        return self.requests[key]
 
     async def one(self, index: int) -> tuple[kit.Sample, float]:
+        request = self.request(index)
         started = time.perf_counter()
         first = 0.0
         tokens = 0
         batch = 1
-        async for event in self.stub.StreamChat(self.requests[index % 4], timeout=3600):
+        async for event in self.stub.StreamChat(request, timeout=3600):
             kind = event.WhichOneof("event")
             if kind == "delta" and not first:
                 first = time.perf_counter()
@@ -120,6 +147,7 @@ def measure(
     requests_per_client: int,
     vl_profile: str,
     log: Callable[[str], None],
+    lengths: str = "fixed",
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with kit.teardown() as (loop, closers):
@@ -130,7 +158,8 @@ def measure(
                 args = [*server_args(capability, vl_profile), flag, "--batch-max-size", "8"]
                 server = kit.start_served(capability, args, envoy=False)
                 closers.append(server.stop)
-                client = Client(capability, server.targets()[kit.SERVED], loop, tokens)
+                target = server.targets()[kit.SERVED]
+                client = Client(capability, target, loop, tokens, lengths)
                 closers.append(client.close)
                 client.run(2, 2)  # warm: the first calls pay lazy initialisation
                 clients[(capability, mode)] = client
@@ -145,6 +174,7 @@ def measure(
                             "batching": mode,
                             "clients": level,
                             "round": round_index,
+                            "lengths": lengths,
                             "tokens_per_s": run.units / run.wall_s,
                             "ttft_p50_ms": statistics.median(ttfts),
                             "largest_batch": max(s.batch or 1 for s in run.samples),
@@ -199,6 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=32, help="max_new_tokens per request")
     parser.add_argument("--requests-per-client", type=int, default=3)
+    parser.add_argument(
+        "--lengths",
+        default="fixed",
+        choices=("fixed", "mixed"),
+        help="every request's token limit --tokens, or limits mixed around it (docstring)",
+    )
     parser.add_argument("--vl-profile", default="tiny", choices=("tiny", "cpu"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/chat-batching.json"))
     args = parser.parse_args(argv)
@@ -209,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.requests_per_client,
         args.vl_profile,
         lambda line: print(line, flush=True),
+        args.lengths,
     )
     report = table(rows)
     print(report)
