@@ -11,10 +11,10 @@ time to first token (from sending the request to the first text delta).
 
 `--lengths fixed` (the default) gives every request the same token limit, so 8 clients finish on
 the same decode step and send their next requests together: every request arrives in a burst of
-8, the worst case for time to first token. `--lengths mixed` cycles the limits through 1/4 to
-7/4 of `--tokens` (the same mean, so the same work per request), as a chat workload's answers
-vary: the clients drift apart after their first requests and a newcomer usually joins a running
-batch alone, the steady state a server with many users sees.
+8, the worst case for time to first token. `--lengths mixed` spreads the limits from 1/4 to 7/4
+of `--tokens` (the same mean, so the same work per request), as a chat workload's answers vary:
+the clients drift apart after their first requests and a newcomer usually joins a running batch
+alone, the steady state a server with many users sees.
 
     python -m bench.chat_batching_bench --rounds 3 --capabilities omni,vl --vl-profile tiny
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -45,15 +46,21 @@ OMNI_PROMPTS = (
 )
 VL_PROMPT = "Describe this picture in detail."
 LEVELS = (1, 8)
-# Token limits of --lengths mixed, as fractions of --tokens: mean 1, every 8 requests.
-MIXED_LENGTHS = (0.5, 1.5, 1.0, 0.25, 1.75, 0.75, 1.25, 1.0)
+# Token limits of --lengths mixed, as fractions of --tokens: 8 evenly spaced from 1/4 to 7/4
+# (mean 1), each block of 8 requests in its own seeded order. Like the output lengths of vLLM's
+# random benchmark dataset (uniform around the mean), and not multiples of one another, so rows
+# that started together rarely end on the same step.
+MIXED_FRACTIONS = tuple(0.25 + 1.5 * step / 7 for step in range(8))
 
 
 def token_limit(index: int, tokens: int, lengths: str) -> int:
     """The max_new_tokens of the index-th request of a run."""
     if lengths == "fixed":
         return tokens
-    return max(1, round(tokens * MIXED_LENGTHS[index % len(MIXED_LENGTHS)]))
+    block, position = divmod(index, len(MIXED_FRACTIONS))
+    order = list(MIXED_FRACTIONS)
+    random.Random(block).shuffle(order)
+    return max(1, round(tokens * order[position]))
 
 
 def omni_request(index: int, tokens: int) -> Any:
