@@ -34,14 +34,21 @@ ROW_FIELDS = frozenset({"prompt", "negative_prompt", "seed", "num_images", "prev
 _SEED_MODULUS = 2**64
 
 
-def batch_key(plan: GenerationPlan, row_guidance: bool = False) -> Hashable:
+def batch_key(
+    plan: GenerationPlan, row_guidance: bool = False, empty_negative_zeroed: bool = False
+) -> Hashable:
     """Plans with equal keys can share one denoising call. `row_guidance`: the pipeline takes
-    a guidance scale per row (`RowGuidance`), so only guidance on or off splits batches."""
+    a guidance scale per row (`RowGuidance`), so only guidance on or off splits batches.
+    `empty_negative_zeroed`: without a negative prompt the pipeline guides against zeros
+    (SDXL's `force_zeros_for_empty_prompt`), but a batch with some negative prompts encodes
+    "" for the rows without one, so rows with and without a negative prompt run apart."""
     if plan.image is not None or plan.mask is not None or plan.edit:
         # Each input image is its own tensor: such jobs are not batched.
         return ("solo", id(plan))
     shared = ROW_FIELDS | {"guidance_scale"} if row_guidance else ROW_FIELDS
     key = tuple((f.name, getattr(plan, f.name)) for f in fields(plan) if f.name not in shared)
+    if empty_negative_zeroed:
+        key = (*key, ("negative_given", bool(plan.negative_prompt)))
     # Guidance off runs one denoiser pass per image, on runs two: that part stays shared.
     return (*key, ("guided", plan.guidance_scale > 1)) if row_guidance else key
 

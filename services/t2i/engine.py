@@ -66,6 +66,7 @@ class T2IEngine(Engine):
         self._schedulers = Schedulers()
         self._cache = StepCache()
         self._row_guidance = False
+        self._empty_negative_zeroed = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -80,6 +81,9 @@ class T2IEngine(Engine):
         self._previewer = calibrate(loaded.text_to_image)
         self._row_guidance = self._profile.row_guidance and not _guidance_embedded(
             loaded.text_to_image
+        )
+        self._empty_negative_zeroed = bool(
+            getattr(loaded.text_to_image.config, "force_zeros_for_empty_prompt", False)
         )
         self._schedulers = Schedulers(loaded.text_to_image.scheduler)
         self._adapters = Adapters.load(loaded.text_to_image, settings.lora_dir)
@@ -152,6 +156,12 @@ class T2IEngine(Engine):
     def row_guidance(self) -> bool:
         """Whether rows of one denoising batch may each have their own guidance scale."""
         return self._row_guidance
+
+    @property
+    def empty_negative_zeroed(self) -> bool:
+        """Whether a request without a negative prompt is guided against zero embeddings
+        (SDXL's `force_zeros_for_empty_prompt`) rather than against the encoded "" prompt."""
+        return self._empty_negative_zeroed
 
     @property
     def scheduler_name(self) -> str:
@@ -284,6 +294,8 @@ class T2IEngine(Engine):
             and self._cache.kind == "none"
             and pipe is self.pipelines.text_to_image
             and "latents" in getattr(pipe, "_callback_tensor_inputs", ())
+            # An LCM UNet's guidance embedding is computed once per batch, outside the loop.
+            and not _guidance_embedded(pipe)
         )
 
     def _run(self, pipe: Any, plan: GenerationPlan, kwargs: dict[str, Any]) -> list[Image.Image]:

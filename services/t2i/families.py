@@ -56,7 +56,9 @@ PROFILES: dict[str, FamilyProfile] = {
     "stable_diffusion": replace(
         GENERIC, max_size=1024, max_pixels=1024 * 1024, row_guidance=True, row_cut=True
     ),
-    "stable_diffusion_xl": replace(GENERIC, default_guidance=5.0, row_guidance=True),
+    # SDXL's loop takes its pooled text embeddings and time ids back from the step-end
+    # callback with the latents and prompt embeddings, so rows can be cut there too.
+    "stable_diffusion_xl": replace(GENERIC, default_guidance=5.0, row_guidance=True, row_cut=True),
     "stable_diffusion_3": replace(
         GENERIC,
         size_multiple=16,

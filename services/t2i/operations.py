@@ -138,7 +138,8 @@ class TextToImage(
         return BatchSpec(settings.max_batch_size, settings.max_batch_wait_ms)
 
     def batch_key(self, prepared: GenerationJob) -> Hashable:
-        return batching.batch_key(prepared.plan, self.engine.row_guidance)
+        engine = self.engine
+        return batching.batch_key(prepared.plan, engine.row_guidance, engine.empty_negative_zeroed)
 
     def run_batch(
         self, prepared: list[GenerationJob], contexts: list[JobContext]

@@ -28,3 +28,8 @@ def hunyuan_dir() -> Path:
 @pytest.fixture(scope="session")
 def qwen_dir() -> Path:
     return BUILTINS.get("qwen_image").build()
+
+
+@pytest.fixture(scope="session")
+def sdxl_dir() -> Path:
+    return BUILTINS.get("stable_diffusion_xl").build()

@@ -19,6 +19,9 @@ from services.t2i.capability import CAPABILITY
 from tests.support.servers import running_server
 
 PROMPT = "a red cat on a blue house"
+# A batch computes each row with other rows beside it in the same matrix products: the sums
+# may round differently, so batched rows are compared with solo runs within a small margin.
+MAX_PIXEL_DIFFERENCE = 3
 
 
 def params(**fields: Any) -> t2i_pb2.GenerationParams:
@@ -73,3 +76,11 @@ async def job_id_at_step_two(stream: Any) -> str:
         if event.HasField("step") and event.step.progress.step >= 2:
             return job_id
     raise AssertionError("the long job ended by itself")
+
+
+def close_images(batched: list[Any], solo: list[Any]) -> None:
+    """Images of batched rows against the same rows' solo runs, within MAX_PIXEL_DIFFERENCE."""
+    assert len(batched) == len(solo)
+    for got, expected in zip(batched, solo, strict=True):
+        difference = np.abs(np.asarray(got, np.int16) - np.asarray(expected, np.int16))
+        assert difference.max() <= MAX_PIXEL_DIFFERENCE

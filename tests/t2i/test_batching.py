@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 import pytest_asyncio
 import torch
@@ -22,12 +21,9 @@ from services.t2i.batching import RowGuidance, batch_key
 from services.t2i.config import T2ISettings
 from services.t2i.engine import PreviewFrame, T2IEngine
 from services.t2i.validation import GenerationRequest
-from tests.t2i.helpers import params, pixels, served
+from tests.t2i.helpers import close_images, params, pixels, served
 
 WAIT = 120.0
-# A batch computes each row with other rows beside it in the same matrix products: the sums
-# may round differently, so rows are compared within a small margin, not byte for byte.
-MAX_PIXEL_DIFFERENCE = 3
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +36,6 @@ def engine(sd_dir: Path) -> T2IEngine:
 def _plan(engine: T2IEngine, **fields: Any) -> Any:
     fields.setdefault("steps", 3)
     return engine.plan(GenerationRequest(**fields))
-
-
-def _close(batched: list[Any], solo: list[Any]) -> None:
-    assert len(batched) == len(solo)
-    for got, expected in zip(batched, solo, strict=True):
-        difference = np.abs(np.asarray(got, np.int16) - np.asarray(expected, np.int16))
-        assert difference.max() <= MAX_PIXEL_DIFFERENCE
 
 
 def test_batch_key_shares_shape_and_splits_everything_else(engine: T2IEngine) -> None:
@@ -119,7 +108,7 @@ def test_rows_of_a_batch_equal_their_solo_runs(engine: T2IEngine) -> None:
         solo = engine.generate(JobContext("solo", "text_to_image"), plan)
         assert (output.seed, output.steps) == (plan.seed, 3)
         assert output.prompt_tokens == solo.prompt_tokens
-        _close(output.images, solo.images)
+        close_images(output.images, solo.images)
         assert progress[index] == [(1, 3), (2, 3), (3, 3)]
     # Previews only for the row that asked, from its own latents.
     assert [frame.step for frame in frames[0]] == [1, 2, 3]
@@ -137,7 +126,7 @@ def test_a_cancelled_row_fails_alone_and_the_others_finish(engine: T2IEngine) ->
     outputs = engine.generate_batch(contexts, plans)
     assert isinstance(outputs[0], JobCancelled)
     assert not isinstance(outputs[1], Exception)
-    _close(outputs[1].images, engine.generate(JobContext("solo", "t"), plans[1]).images)
+    close_images(outputs[1].images, engine.generate(JobContext("solo", "t"), plans[1]).images)
 
 
 @pytest.mark.parametrize(
@@ -182,13 +171,13 @@ def test_a_cancelled_row_leaves_the_batch_at_the_next_step(
         output = outputs[index]
         assert not isinstance(output, Exception)
         assert output.steps == 5
-        _close(output.images, engine.generate(JobContext("solo", "t"), plans[index]).images)
+        close_images(output.images, engine.generate(JobContext("solo", "t"), plans[index]).images)
     # The fox's previews follow its own rows before and after the cut.
     solo_frames: list[PreviewFrame] = []
     engine.generate(JobContext("solo", "t", on_output=solo_frames.append), plans[2])
     assert [frame.step for frame in frames] == [1, 2, 3, 4, 5]
     for got, expected in zip(frames, solo_frames, strict=True):
-        _close([got.rgb], [expected.rgb])
+        close_images([got.rgb], [expected.rgb])
 
 
 def test_a_batch_whose_rows_are_all_cancelled_stops(engine: T2IEngine) -> None:
@@ -251,7 +240,7 @@ async def test_queued_requests_of_one_shape_run_as_one_batch(stub) -> None:
     ):
         alone = await generate(prompt, seed)
         assert alone.result.usage.batch_size == 1
-        _close(
+        close_images(
             [pixels(image.data) for image in reply.result.images],
             [pixels(image.data) for image in alone.result.images],
         )
@@ -281,4 +270,4 @@ def test_qwen_image_rows_keep_their_own_true_cfg_scale(qwen_dir: Path) -> None:
     outputs = qwen.generate_batch(contexts, plans)
     for plan, output in zip(plans, outputs, strict=True):
         assert not isinstance(output, Exception)
-        _close(output.images, qwen.generate(JobContext("solo", "text_to_image"), plan).images)
+        close_images(output.images, qwen.generate(JobContext("solo", "text_to_image"), plan).images)

@@ -23,7 +23,12 @@ def resolved_model(settings: T2ISettings) -> ResolvedModel:
 
 
 def test_every_tiny_family_is_a_builtin_and_stable_diffusion_is_the_default() -> None:
-    assert BUILTINS.names() == ("stable_diffusion", "hunyuan_dit", "qwen_image")
+    assert BUILTINS.names() == (
+        "stable_diffusion",
+        "stable_diffusion_xl",
+        "hunyuan_dit",
+        "qwen_image",
+    )
     assert BUILTINS.default == "stable_diffusion"
     assert all(model.random_weights for model in BUILTINS.models)
 

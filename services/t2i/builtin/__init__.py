@@ -20,6 +20,12 @@ BUILTINS = BuiltinModels(
             "tiny Stable Diffusion (UNet, CLIP text encoder and tokenizer, DDIM)",
         ),
         BuiltinModel(
+            "stable_diffusion_xl",
+            "services.t2i.builtin.stable_diffusion_xl:model_dir",
+            "tiny Stable Diffusion XL (UNet with text-and-time conditioning, two CLIP text "
+            "encoders, Euler)",
+        ),
+        BuiltinModel(
             "hunyuan_dit",
             "services.t2i.builtin.hunyuan_dit:model_dir",
             "tiny HunyuanDiT (DiT, BERT and T5 text encoders; no image-to-image)",

@@ -1,0 +1,201 @@
+"""Stable Diffusion XL (the tiny built-in): served images equal its own diffusers pipeline's,
+rows of a denoising batch equal their solo runs (requests without a negative prompt, which SDXL
+guides against zeros, never share a batch with requests that have one), and a cancelled row
+leaves the running batch (SDXL's loop takes its pooled text embeddings and time ids back from
+the step-end callback)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from diffusers import StableDiffusionXLPipeline
+
+from mmserve.common.v1 import job_pb2
+from mmserve.t2i.v1 import t2i_pb2
+from services.runtime.errors import JobCancelled
+from services.runtime.executor import JobContext
+from services.t2i.batching import batch_key
+from services.t2i.config import T2ISettings
+from services.t2i.engine import T2IEngine
+from services.t2i.validation import GenerationRequest
+from tests.t2i.helpers import (
+    PROMPT,
+    close_images,
+    generators,
+    load_reference,
+    params,
+    pixels,
+    png_bytes,
+    served,
+)
+
+WAIT = 60
+SMALL = ["--default-width", "64", "--default-height", "64"]
+
+
+@pytest.fixture(scope="module")
+def engine(sdxl_dir: Path) -> T2IEngine:
+    loaded = T2IEngine(
+        T2ISettings(model=str(sdxl_dir), warmup_steps=0, default_width=64, default_height=64)
+    )
+    loaded.load()
+    return loaded
+
+
+def _plan(engine: T2IEngine, **fields: Any) -> Any:
+    fields.setdefault("steps", 3)
+    return engine.plan(GenerationRequest(**fields))
+
+
+@pytest.mark.asyncio
+async def test_served_images_are_what_the_sdxl_pipeline_makes(sdxl_dir: Path) -> None:
+    async with served(["--model", str(sdxl_dir), *SMALL]) as stub:
+        reply = await stub.TextToImage(
+            t2i_pb2.TextToImageRequest(params=params(seed=7, num_inference_steps=3, num_images=2)),
+            timeout=WAIT,
+        )
+        info = await stub.GetModelInfo(t2i_pb2.GetModelInfoRequest(), timeout=WAIT)
+    assert info.model_info.family == "stable_diffusion_xl"
+    reference = load_reference(sdxl_dir, StableDiffusionXLPipeline)
+    expected = reference(
+        PROMPT,
+        num_inference_steps=3,
+        num_images_per_prompt=2,
+        generator=generators(7, 2),
+        height=64,
+        width=64,
+        guidance_scale=5.0,  # the family's default
+    ).images
+    assert [image.data for image in reply.result.images] == png_bytes(expected)
+    assert (reply.result.seed, reply.result.steps) == (7, 3)
+
+
+def test_rows_with_and_without_a_negative_prompt_batch_apart(engine: T2IEngine) -> None:
+    assert engine.empty_negative_zeroed
+    plain = _plan(engine, prompt="a cat", seed=1)
+    key = batch_key(plain, engine.row_guidance, engine.empty_negative_zeroed)
+    assert key == batch_key(
+        replace(plain, prompt="a dog", guidance_scale=9.0),
+        engine.row_guidance,
+        engine.empty_negative_zeroed,
+    )
+    negative = replace(plain, negative_prompt="fog")
+    assert key != batch_key(negative, engine.row_guidance, engine.empty_negative_zeroed)
+    assert batch_key(negative, engine.row_guidance, True) == batch_key(
+        replace(negative, negative_prompt="rain"), engine.row_guidance, True
+    )
+
+
+@pytest.mark.parametrize("negatives", [("", "", ""), ("fog", "rain", "blur")])
+def test_rows_of_an_sdxl_batch_equal_their_solo_runs(
+    engine: T2IEngine, negatives: tuple[str, str, str]
+) -> None:
+    plans = [
+        _plan(engine, prompt="a red cat", seed=3, guidance_scale=3.0),
+        _plan(engine, prompt="a blue house", seed=11, num_images=2),
+        _plan(engine, prompt="a green tree", seed=5, guidance_scale=9.0),
+    ]
+    plans = [replace(plan, negative_prompt=n) for plan, n in zip(plans, negatives, strict=True)]
+    keys = {batch_key(plan, engine.row_guidance, engine.empty_negative_zeroed) for plan in plans}
+    assert len(keys) == 1
+    contexts = [JobContext(f"job-{i}", "text_to_image") for i in range(len(plans))]
+    outputs = engine.generate_batch(contexts, plans)
+    for plan, output in zip(plans, outputs, strict=True):
+        assert not isinstance(output, Exception)
+        close_images(output.images, engine.generate(JobContext("solo", "t"), plan).images)
+
+
+async def _drain(stream: Any) -> None:
+    while await stream.read() is not grpc.aio.EOF:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_queued_sdxl_requests_equal_their_solo_runs(sdxl_dir: Path) -> None:
+    requests = [("a red cat", "", 5), ("a blue house", "fog", 6), ("a green tree", "", 7)]
+    async with served(["--model", str(sdxl_dir), *SMALL, "--max-batch-size", "4"]) as stub:
+        # A long job holds the device, so the next three queue together behind it.
+        blocker = stub.StreamTextToImage(
+            t2i_pb2.TextToImageRequest(params=params(seed=1, num_inference_steps=150)),
+            timeout=WAIT,
+        )
+        accepted = await asyncio.wait_for(blocker.read(), WAIT)
+
+        async def generate(prompt: str, negative: str, seed: int) -> t2i_pb2.TextToImageResponse:
+            request = t2i_pb2.TextToImageRequest(
+                params=params(
+                    prompt=prompt, negative_prompt=negative, seed=seed, num_inference_steps=3
+                )
+            )
+            return await stub.TextToImage(request, timeout=WAIT)
+
+        calls = [asyncio.ensure_future(generate(*request)) for request in requests]
+        await asyncio.sleep(1.0)
+        await stub.CancelJob(job_pb2.CancelJobRequest(job_id=accepted.accepted.job_id))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await asyncio.wait_for(_drain(blocker), WAIT)
+        replies = await asyncio.wait_for(asyncio.gather(*calls), WAIT)
+        # The two without a negative prompt share a batch; the one with it runs apart.
+        assert [reply.result.usage.batch_size for reply in replies] == [2, 1, 2]
+        for reply, request in zip(replies, requests, strict=True):
+            alone = await generate(*request)
+            assert alone.result.usage.batch_size == 1
+            close_images(
+                [pixels(image.data) for image in reply.result.images],
+                [pixels(image.data) for image in alone.result.images],
+            )
+
+
+def test_a_cancelled_sdxl_row_leaves_the_batch_at_the_next_step(engine: T2IEngine) -> None:
+    plans = [
+        _plan(engine, prompt="a cat", seed=1, guidance_scale=3.0, steps=5),
+        _plan(engine, prompt="a dog", seed=2, num_images=2, guidance_scale=9.0, steps=5),
+        _plan(engine, prompt="a fox", seed=3, guidance_scale=12.0, steps=5),
+    ]
+    contexts = [JobContext(f"job-{i}", "text_to_image") for i in range(3)]
+
+    def cancel_the_dog(step: int, total: int, extra: dict[str, Any]) -> None:
+        if step == 2:
+            contexts[1].cancel.cancel(JobCancelled("cancelled by client"))
+
+    contexts[0] = JobContext("job-0", "text_to_image", on_progress=cancel_the_dog)
+    unet = engine.pipelines.text_to_image.unet
+    shapes: list[tuple[int, int, int]] = []
+
+    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        added = kwargs["added_cond_kwargs"]
+        shapes.append((args[0].shape[0], added["text_embeds"].shape[0], added["time_ids"].shape[0]))
+
+    hook = unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        outputs = engine.generate_batch(contexts, plans)
+    finally:
+        hook.remove()
+    # Two denoiser passes (guided) per image, every per-row input cut with the latents:
+    # 4 images, then 2 from the third step on.
+    assert shapes == [(8, 8, 8)] * 2 + [(4, 4, 4)] * 3
+    assert isinstance(outputs[1], JobCancelled)
+    for index in (0, 2):
+        output = outputs[index]
+        assert not isinstance(output, Exception)
+        assert output.steps == 5
+        close_images(output.images, engine.generate(JobContext("solo", "t"), plans[index]).images)
+
+
+def test_a_row_cancelled_at_the_first_step_fails_alone(engine: T2IEngine) -> None:
+    plans = [_plan(engine, prompt="a cat", seed=1), _plan(engine, prompt="a dog", seed=2)]
+    contexts = [JobContext("job-0", "text_to_image"), JobContext("job-1", "text_to_image")]
+    contexts[1] = JobContext(
+        "job-1",
+        "text_to_image",
+        on_progress=lambda *args: contexts[0].cancel.cancel(JobCancelled("gone")),
+    )
+    outputs = engine.generate_batch(contexts, [replace(plan) for plan in plans])
+    assert isinstance(outputs[0], JobCancelled)
+    assert not isinstance(outputs[1], Exception)
+    close_images(outputs[1].images, engine.generate(JobContext("solo", "t"), plans[1]).images)
