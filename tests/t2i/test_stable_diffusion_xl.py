@@ -7,15 +7,22 @@ the step-end callback)."""
 from __future__ import annotations
 
 import asyncio
+import io
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from diffusers import StableDiffusionXLPipeline
+import pytest_asyncio
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    StableDiffusionXLPipeline,
+)
+from PIL import Image
 
-from mmserve.common.v1 import job_pb2
+from mmserve.common.v1 import job_pb2, media_pb2
 from mmserve.t2i.v1 import t2i_pb2
 from services.runtime.errors import JobCancelled
 from services.runtime.executor import JobContext
@@ -32,6 +39,7 @@ from tests.t2i.helpers import (
     pixels,
     png_bytes,
     served,
+    solid_png,
 )
 
 WAIT = 60
@@ -52,16 +60,25 @@ def _plan(engine: T2IEngine, **fields: Any) -> Any:
     return engine.plan(GenerationRequest(**fields))
 
 
-@pytest.mark.asyncio
-async def test_served_images_are_what_the_sdxl_pipeline_makes(sdxl_dir: Path) -> None:
-    async with served(["--model", str(sdxl_dir), *SMALL]) as stub:
-        reply = await stub.TextToImage(
-            t2i_pb2.TextToImageRequest(params=params(seed=7, num_inference_steps=3, num_images=2)),
-            timeout=WAIT,
-        )
-        info = await stub.GetModelInfo(t2i_pb2.GetModelInfoRequest(), timeout=WAIT)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stub(sdxl_dir: Path) -> Any:
+    async with served(["--model", str(sdxl_dir), *SMALL, "--max-batch-size", "4"]) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module")
+def reference(sdxl_dir: Path) -> Any:
+    return load_reference(sdxl_dir, StableDiffusionXLPipeline)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_served_images_are_what_the_sdxl_pipeline_makes(stub: Any, reference: Any) -> None:
+    reply = await stub.TextToImage(
+        t2i_pb2.TextToImageRequest(params=params(seed=7, num_inference_steps=3, num_images=2)),
+        timeout=WAIT,
+    )
+    info = await stub.GetModelInfo(t2i_pb2.GetModelInfoRequest(), timeout=WAIT)
     assert info.model_info.family == "stable_diffusion_xl"
-    reference = load_reference(sdxl_dir, StableDiffusionXLPipeline)
     expected = reference(
         PROMPT,
         num_inference_steps=3,
@@ -73,6 +90,58 @@ async def test_served_images_are_what_the_sdxl_pipeline_makes(sdxl_dir: Path) ->
     ).images
     assert [image.data for image in reply.result.images] == png_bytes(expected)
     assert (reply.result.seed, reply.result.steps) == (7, 3)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_sdxl_image_to_image_and_inpainting_are_what_their_pipelines_make(
+    stub: Any, reference: Any
+) -> None:
+    source = solid_png((64, 64), (200, 40, 40))
+    mask = solid_png((64, 64), (255, 255, 255))
+    image = Image.open(io.BytesIO(source)).convert("RGB")
+    reply = await stub.ImageToImage(
+        t2i_pb2.ImageToImageRequest(
+            params=params(seed=3, num_inference_steps=4),
+            image=media_pb2.Image(data=source),
+            strength=0.5,
+        ),
+        timeout=WAIT,
+    )
+    image_pipe = AutoPipelineForImage2Image.from_pipe(reference)
+    image_pipe.set_progress_bar_config(disable=True)
+    expected = image_pipe(
+        PROMPT,
+        image=image,
+        strength=0.5,
+        num_inference_steps=4,
+        generator=generators(3, 1),
+        guidance_scale=5.0,
+    ).images
+    assert reply.result.steps == 2
+    assert [image.data for image in reply.result.images] == png_bytes(expected)
+
+    painted = await stub.InpaintImage(
+        t2i_pb2.InpaintImageRequest(
+            params=params(seed=4, num_inference_steps=4),
+            image=media_pb2.Image(data=source),
+            mask=media_pb2.Image(data=mask),
+        ),
+        timeout=WAIT,
+    )
+    inpaint_pipe = AutoPipelineForInpainting.from_pipe(reference)
+    inpaint_pipe.set_progress_bar_config(disable=True)
+    expected = inpaint_pipe(
+        PROMPT,
+        image=image,
+        mask_image=Image.open(io.BytesIO(mask)).convert("L"),
+        strength=1.0,  # the service's default
+        num_inference_steps=4,
+        generator=generators(4, 1),
+        height=64,
+        width=64,
+        guidance_scale=5.0,
+    ).images
+    assert [image.data for image in painted.result.images] == png_bytes(expected)
 
 
 def test_rows_with_and_without_a_negative_prompt_batch_apart(engine: T2IEngine) -> None:
@@ -115,40 +184,39 @@ async def _drain(stream: Any) -> None:
         pass
 
 
-@pytest.mark.asyncio
-async def test_queued_sdxl_requests_equal_their_solo_runs(sdxl_dir: Path) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_queued_sdxl_requests_equal_their_solo_runs(stub: Any) -> None:
     requests = [("a red cat", "", 5), ("a blue house", "fog", 6), ("a green tree", "", 7)]
-    async with served(["--model", str(sdxl_dir), *SMALL, "--max-batch-size", "4"]) as stub:
-        # A long job holds the device, so the next three queue together behind it.
-        blocker = stub.StreamTextToImage(
-            t2i_pb2.TextToImageRequest(params=params(seed=1, num_inference_steps=150)),
-            timeout=WAIT,
+    # A long job holds the device, so the next three queue together behind it.
+    blocker = stub.StreamTextToImage(
+        t2i_pb2.TextToImageRequest(
+            params=params(seed=1, num_inference_steps=150, width=128, height=128)
+        ),
+        timeout=WAIT,
+    )
+    accepted = await asyncio.wait_for(blocker.read(), WAIT)
+
+    async def generate(prompt: str, negative: str, seed: int) -> t2i_pb2.TextToImageResponse:
+        request = t2i_pb2.TextToImageRequest(
+            params=params(prompt=prompt, negative_prompt=negative, seed=seed, num_inference_steps=3)
         )
-        accepted = await asyncio.wait_for(blocker.read(), WAIT)
+        return await stub.TextToImage(request, timeout=WAIT)
 
-        async def generate(prompt: str, negative: str, seed: int) -> t2i_pb2.TextToImageResponse:
-            request = t2i_pb2.TextToImageRequest(
-                params=params(
-                    prompt=prompt, negative_prompt=negative, seed=seed, num_inference_steps=3
-                )
-            )
-            return await stub.TextToImage(request, timeout=WAIT)
-
-        calls = [asyncio.ensure_future(generate(*request)) for request in requests]
-        await asyncio.sleep(1.0)
-        await stub.CancelJob(job_pb2.CancelJobRequest(job_id=accepted.accepted.job_id))
-        with pytest.raises(grpc.aio.AioRpcError):
-            await asyncio.wait_for(_drain(blocker), WAIT)
-        replies = await asyncio.wait_for(asyncio.gather(*calls), WAIT)
-        # The two without a negative prompt share a batch; the one with it runs apart.
-        assert [reply.result.usage.batch_size for reply in replies] == [2, 1, 2]
-        for reply, request in zip(replies, requests, strict=True):
-            alone = await generate(*request)
-            assert alone.result.usage.batch_size == 1
-            close_images(
-                [pixels(image.data) for image in reply.result.images],
-                [pixels(image.data) for image in alone.result.images],
-            )
+    calls = [asyncio.ensure_future(generate(*request)) for request in requests]
+    await asyncio.sleep(1.0)
+    await stub.CancelJob(job_pb2.CancelJobRequest(job_id=accepted.accepted.job_id))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await asyncio.wait_for(_drain(blocker), WAIT)
+    replies = await asyncio.wait_for(asyncio.gather(*calls), WAIT)
+    # The two without a negative prompt share a batch; the one with it runs apart.
+    assert [reply.result.usage.batch_size for reply in replies] == [2, 1, 2]
+    for reply, request in zip(replies, requests, strict=True):
+        alone = await generate(*request)
+        assert alone.result.usage.batch_size == 1
+        close_images(
+            [pixels(image.data) for image in reply.result.images],
+            [pixels(image.data) for image in alone.result.images],
+        )
 
 
 def test_a_cancelled_sdxl_row_leaves_the_batch_at_the_next_step(engine: T2IEngine) -> None:
