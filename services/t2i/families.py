@@ -66,6 +66,8 @@ PROFILES: dict[str, FamilyProfile] = {
         default_guidance=7.0,
         token_limits={"tokenizer_3": 256},
         row_guidance=True,
+        # The loop takes its prompt and pooled embeddings back from the step-end callback.
+        row_cut=True,
     ),
     "flux": replace(
         GENERIC,

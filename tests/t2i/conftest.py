@@ -33,3 +33,8 @@ def qwen_dir() -> Path:
 @pytest.fixture(scope="session")
 def sdxl_dir() -> Path:
     return BUILTINS.get("stable_diffusion_xl").build()
+
+
+@pytest.fixture(scope="session")
+def sd3_dir() -> Path:
+    return BUILTINS.get("stable_diffusion_3").build()

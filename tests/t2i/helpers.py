@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,13 @@ import torch
 from PIL import Image
 
 from mmserve.t2i.v1 import t2i_pb2, t2i_pb2_grpc
+from services.runtime.errors import JobCancelled
+from services.runtime.executor import JobContext
 from services.runtime.images import encode_image
 from services.t2i.capability import CAPABILITY
+from services.t2i.config import T2ISettings
+from services.t2i.engine import T2IEngine
+from services.t2i.validation import GenerationRequest
 from tests.support.servers import running_server
 
 PROMPT = "a red cat on a blue house"
@@ -84,3 +89,62 @@ def close_images(batched: list[Any], solo: list[Any]) -> None:
     for got, expected in zip(batched, solo, strict=True):
         difference = np.abs(np.asarray(got, np.int16) - np.asarray(expected, np.int16))
         assert difference.max() <= MAX_PIXEL_DIFFERENCE
+
+
+def small_engine(folder: Path) -> T2IEngine:
+    """A loaded engine on `folder` whose default size is 64x64 (fast on the tiny models)."""
+    engine = T2IEngine(
+        T2ISettings(model=str(folder), warmup_steps=0, default_width=64, default_height=64)
+    )
+    engine.load()
+    return engine
+
+
+def plan_for(engine: T2IEngine, **fields: Any) -> Any:
+    """The engine's plan of a request (3 steps unless given)."""
+    fields.setdefault("steps", 3)
+    return engine.plan(GenerationRequest(**fields))
+
+
+def batch_cancelling_row_one_at_step_two(
+    engine: T2IEngine,
+    plans: Sequence[Any],
+    denoiser: torch.nn.Module,
+    rows_of: Callable[[Any, dict[str, Any]], tuple[int, ...]],
+) -> tuple[list[tuple[int, ...]], list[Any]]:
+    """Runs `plans` as one batch and cancels the second plan's row at step 2. Returns what
+    `rows_of(args, kwargs)` reads from every denoiser call (its inputs' row counts) and the
+    batch's outputs; checks that the other rows equal their solo runs."""
+    contexts = [JobContext(f"job-{i}", "text_to_image") for i in range(len(plans))]
+
+    def cancel_row_one(step: int, total: int, extra: dict[str, Any]) -> None:
+        if step == 2:
+            contexts[1].cancel.cancel(JobCancelled("cancelled by client"))
+
+    contexts[0] = JobContext("job-0", "text_to_image", on_progress=cancel_row_one)
+    calls: list[tuple[int, ...]] = []
+    hook = denoiser.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(rows_of(args, kwargs)), with_kwargs=True
+    )
+    try:
+        outputs = engine.generate_batch(contexts, list(plans))
+    finally:
+        hook.remove()
+    assert isinstance(outputs[1], JobCancelled)
+    for index, plan in enumerate(plans):
+        if index == 1:
+            continue
+        output = outputs[index]
+        assert not isinstance(output, Exception)
+        assert output.steps == plan.steps
+        close_images(output.images, engine.generate(JobContext("solo", "t"), plan).images)
+    return calls, outputs
+
+
+def batch_equals_solo_runs(engine: T2IEngine, plans: Sequence[Any]) -> None:
+    """Runs `plans` as one denoising batch and checks each row against its solo run."""
+    contexts = [JobContext(f"job-{i}", "text_to_image") for i in range(len(plans))]
+    outputs = engine.generate_batch(contexts, list(plans))
+    for plan, output in zip(plans, outputs, strict=True):
+        assert not isinstance(output, Exception)
+        close_images(output.images, engine.generate(JobContext("solo", "t"), plan).images)

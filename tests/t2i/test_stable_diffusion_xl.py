@@ -27,18 +27,20 @@ from mmserve.t2i.v1 import t2i_pb2
 from services.runtime.errors import JobCancelled
 from services.runtime.executor import JobContext
 from services.t2i.batching import batch_key
-from services.t2i.config import T2ISettings
 from services.t2i.engine import T2IEngine
-from services.t2i.validation import GenerationRequest
 from tests.t2i.helpers import (
     PROMPT,
+    batch_cancelling_row_one_at_step_two,
+    batch_equals_solo_runs,
     close_images,
     generators,
     load_reference,
     params,
     pixels,
+    plan_for,
     png_bytes,
     served,
+    small_engine,
     solid_png,
 )
 
@@ -48,16 +50,7 @@ SMALL = ["--default-width", "64", "--default-height", "64"]
 
 @pytest.fixture(scope="module")
 def engine(sdxl_dir: Path) -> T2IEngine:
-    loaded = T2IEngine(
-        T2ISettings(model=str(sdxl_dir), warmup_steps=0, default_width=64, default_height=64)
-    )
-    loaded.load()
-    return loaded
-
-
-def _plan(engine: T2IEngine, **fields: Any) -> Any:
-    fields.setdefault("steps", 3)
-    return engine.plan(GenerationRequest(**fields))
+    return small_engine(sdxl_dir)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -146,7 +139,7 @@ async def test_sdxl_image_to_image_and_inpainting_are_what_their_pipelines_make(
 
 def test_rows_with_and_without_a_negative_prompt_batch_apart(engine: T2IEngine) -> None:
     assert engine.empty_negative_zeroed
-    plain = _plan(engine, prompt="a cat", seed=1)
+    plain = plan_for(engine, prompt="a cat", seed=1)
     key = batch_key(plain, engine.row_guidance, engine.empty_negative_zeroed)
     assert key == batch_key(
         replace(plain, prompt="a dog", guidance_scale=9.0),
@@ -165,18 +158,14 @@ def test_rows_of_an_sdxl_batch_equal_their_solo_runs(
     engine: T2IEngine, negatives: tuple[str, str, str]
 ) -> None:
     plans = [
-        _plan(engine, prompt="a red cat", seed=3, guidance_scale=3.0),
-        _plan(engine, prompt="a blue house", seed=11, num_images=2),
-        _plan(engine, prompt="a green tree", seed=5, guidance_scale=9.0),
+        plan_for(engine, prompt="a red cat", seed=3, guidance_scale=3.0),
+        plan_for(engine, prompt="a blue house", seed=11, num_images=2),
+        plan_for(engine, prompt="a green tree", seed=5, guidance_scale=9.0),
     ]
     plans = [replace(plan, negative_prompt=n) for plan, n in zip(plans, negatives, strict=True)]
     keys = {batch_key(plan, engine.row_guidance, engine.empty_negative_zeroed) for plan in plans}
     assert len(keys) == 1
-    contexts = [JobContext(f"job-{i}", "text_to_image") for i in range(len(plans))]
-    outputs = engine.generate_batch(contexts, plans)
-    for plan, output in zip(plans, outputs, strict=True):
-        assert not isinstance(output, Exception)
-        close_images(output.images, engine.generate(JobContext("solo", "t"), plan).images)
+    batch_equals_solo_runs(engine, plans)
 
 
 async def _drain(stream: Any) -> None:
@@ -221,49 +210,34 @@ async def test_queued_sdxl_requests_equal_their_solo_runs(stub: Any) -> None:
 
 def test_a_cancelled_sdxl_row_leaves_the_batch_at_the_next_step(engine: T2IEngine) -> None:
     plans = [
-        _plan(engine, prompt="a cat", seed=1, guidance_scale=3.0, steps=5),
-        _plan(engine, prompt="a dog", seed=2, num_images=2, guidance_scale=9.0, steps=5),
-        _plan(engine, prompt="a fox", seed=3, guidance_scale=12.0, steps=5),
+        plan_for(engine, prompt="a cat", seed=1, guidance_scale=3.0, steps=5),
+        plan_for(engine, prompt="a dog", seed=2, num_images=2, guidance_scale=9.0, steps=5),
+        plan_for(engine, prompt="a fox", seed=3, guidance_scale=12.0, steps=5),
     ]
-    contexts = [JobContext(f"job-{i}", "text_to_image") for i in range(3)]
-
-    def cancel_the_dog(step: int, total: int, extra: dict[str, Any]) -> None:
-        if step == 2:
-            contexts[1].cancel.cancel(JobCancelled("cancelled by client"))
-
-    contexts[0] = JobContext("job-0", "text_to_image", on_progress=cancel_the_dog)
-    unet = engine.pipelines.text_to_image.unet
-    shapes: list[tuple[int, int, int]] = []
-
-    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        added = kwargs["added_cond_kwargs"]
-        shapes.append((args[0].shape[0], added["text_embeds"].shape[0], added["time_ids"].shape[0]))
-
-    hook = unet.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        outputs = engine.generate_batch(contexts, plans)
-    finally:
-        hook.remove()
+    calls, _ = batch_cancelling_row_one_at_step_two(
+        engine,
+        plans,
+        engine.pipelines.text_to_image.unet,
+        lambda args, kwargs: (
+            args[0].shape[0],
+            kwargs["added_cond_kwargs"]["text_embeds"].shape[0],
+            kwargs["added_cond_kwargs"]["time_ids"].shape[0],
+        ),
+    )
     # Two denoiser passes (guided) per image, every per-row input cut with the latents:
     # 4 images, then 2 from the third step on.
-    assert shapes == [(8, 8, 8)] * 2 + [(4, 4, 4)] * 3
-    assert isinstance(outputs[1], JobCancelled)
-    for index in (0, 2):
-        output = outputs[index]
-        assert not isinstance(output, Exception)
-        assert output.steps == 5
-        close_images(output.images, engine.generate(JobContext("solo", "t"), plans[index]).images)
+    assert calls == [(8, 8, 8)] * 2 + [(4, 4, 4)] * 3
 
 
 def test_a_row_cancelled_at_the_first_step_fails_alone(engine: T2IEngine) -> None:
-    plans = [_plan(engine, prompt="a cat", seed=1), _plan(engine, prompt="a dog", seed=2)]
+    plans = [plan_for(engine, prompt="a cat", seed=1), plan_for(engine, prompt="a dog", seed=2)]
     contexts = [JobContext("job-0", "text_to_image"), JobContext("job-1", "text_to_image")]
     contexts[1] = JobContext(
         "job-1",
         "text_to_image",
         on_progress=lambda *args: contexts[0].cancel.cancel(JobCancelled("gone")),
     )
-    outputs = engine.generate_batch(contexts, [replace(plan) for plan in plans])
+    outputs = engine.generate_batch(contexts, plans)
     assert isinstance(outputs[0], JobCancelled)
     assert not isinstance(outputs[1], Exception)
     close_images(outputs[1].images, engine.generate(JobContext("solo", "t"), plans[1]).images)

@@ -26,6 +26,11 @@ BUILTINS = BuiltinModels(
             "encoders, Euler)",
         ),
         BuiltinModel(
+            "stable_diffusion_3",
+            "services.t2i.builtin.stable_diffusion_3:model_dir",
+            "tiny Stable Diffusion 3 (MMDiT, two CLIP and one T5 text encoder, flow matching)",
+        ),
+        BuiltinModel(
             "hunyuan_dit",
             "services.t2i.builtin.hunyuan_dit:model_dir",
             "tiny HunyuanDiT (DiT, BERT and T5 text encoders; no image-to-image)",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from services.runtime.model_cache import cached_model_dir
-from services.t2i.builtin.common import remove_tree, tuples
+from services.t2i.builtin.common import remove_tree, t5_tokenizer, tuples
 
 # Words for the tiny BERT WordPiece vocabulary; unknown words map to [UNK], which is what a
 # random-weight model needs (the real checkpoint ships its own 47k-token Chinese/English vocab).
@@ -70,7 +70,7 @@ def build_hunyuan_dit(folder: Path, config: Mapping[str, Any] = HUNYUAN_CONFIG) 
     vocab.write_text("\n".join([*specials, *config["bert_words"]]) + "\n", encoding="utf-8")
     # transformers 5 reads the file from `vocab=`; `vocab_file=` would be silently ignored.
     tokenizer = BertTokenizer(vocab=str(vocab))
-    tokenizer_2 = _t5_tokenizer(config["t5_pieces"])
+    tokenizer_2 = t5_tokenizer(config["t5_pieces"])
     pipe = HunyuanDiTPipeline(
         vae=AutoencoderKL(**tuples(config["vae"])).eval(),
         text_encoder=BertModel(
@@ -89,18 +89,6 @@ def build_hunyuan_dit(folder: Path, config: Mapping[str, Any] = HUNYUAN_CONFIG) 
     )
     pipe.save_pretrained(folder)
     remove_tree(work)
-
-
-def _t5_tokenizer(pieces: list[str]) -> Any:
-    from transformers import T5Tokenizer
-
-    # T5's own special pieces first (pad 0, eos 1, unk 2), then the words, then single
-    # characters so any text tokenizes; scores make whole words win over characters.
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(piece, -1.0) for piece in pieces]
-    vocab += [(letter, -5.0) for letter in letters if letter not in pieces]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
 def model_dir(config: Mapping[str, Any] | None = None) -> Path:
