@@ -38,3 +38,8 @@ def sdxl_dir() -> Path:
 @pytest.fixture(scope="session")
 def sd3_dir() -> Path:
     return BUILTINS.get("stable_diffusion_3").build()
+
+
+@pytest.fixture(scope="session")
+def flux_dir() -> Path:
+    return BUILTINS.get("flux").build()

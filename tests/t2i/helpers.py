@@ -24,6 +24,8 @@ from services.t2i.validation import GenerationRequest
 from tests.support.servers import running_server
 
 PROMPT = "a red cat on a blue house"
+# Server flags for 64x64 outputs: fast on the tiny models (their defaults are 128-512 px).
+SMALL = ["--default-width", "64", "--default-height", "64"]
 # A batch computes each row with other rows beside it in the same matrix products: the sums
 # may round differently, so batched rows are compared with solo runs within a small margin.
 MAX_PIXEL_DIFFERENCE = 3

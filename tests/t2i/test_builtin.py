@@ -27,6 +27,7 @@ def test_every_tiny_family_is_a_builtin_and_stable_diffusion_is_the_default() ->
         "stable_diffusion",
         "stable_diffusion_xl",
         "stable_diffusion_3",
+        "flux",
         "hunyuan_dit",
         "qwen_image",
     )

@@ -25,13 +25,20 @@ from mmserve.common.v1 import media_pb2
 from mmserve.t2i.v1 import t2i_pb2
 from services.runtime.images import encode_image
 from tests.support.rpc import field_violations
-from tests.t2i.helpers import generators, load_reference, params, png_bytes, served, solid_png
+from tests.t2i.helpers import (
+    SMALL,
+    generators,
+    load_reference,
+    params,
+    png_bytes,
+    served,
+    solid_png,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 EDIT_WAIT = 600  # one tiny edit takes tens of seconds on a loaded 2-core machine
 WAIT = 60
-SMALL = ["--default-width", "64", "--default-height", "64"]
 INSTRUCTION = "make the house blue"
 SOURCE = solid_png((64, 64), (30, 160, 90))
 # Qwen-Image's true CFG runs only with a negative prompt; the service sends " " for none.

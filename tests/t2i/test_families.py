@@ -16,6 +16,7 @@ from mmserve.common.v1 import media_pb2
 from mmserve.t2i.v1 import t2i_pb2
 from tests.t2i.helpers import (
     PROMPT,
+    SMALL,
     generators,
     load_reference,
     params,
@@ -27,8 +28,6 @@ from tests.t2i.helpers import (
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 WAIT = 60
-# Small outputs keep the tiny models fast; the defaults would be their native 128/512 px.
-SMALL = ["--default-width", "64", "--default-height", "64"]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -30,6 +30,7 @@ from services.t2i.batching import batch_key
 from services.t2i.engine import T2IEngine
 from tests.t2i.helpers import (
     PROMPT,
+    SMALL,
     batch_cancelling_row_one_at_step_two,
     batch_equals_solo_runs,
     close_images,
@@ -45,7 +46,6 @@ from tests.t2i.helpers import (
 )
 
 WAIT = 60
-SMALL = ["--default-width", "64", "--default-height", "64"]
 
 
 @pytest.fixture(scope="module")

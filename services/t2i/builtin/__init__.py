@@ -31,6 +31,12 @@ BUILTINS = BuiltinModels(
             "tiny Stable Diffusion 3 (MMDiT, two CLIP and one T5 text encoder, flow matching)",
         ),
         BuiltinModel(
+            "flux",
+            "services.t2i.builtin.flux:model_dir",
+            "tiny FLUX.1 (double- and single-stream transformer with embedded guidance, CLIP "
+            "and T5 text encoders, flow matching)",
+        ),
+        BuiltinModel(
             "hunyuan_dit",
             "services.t2i.builtin.hunyuan_dit:model_dir",
             "tiny HunyuanDiT (DiT, BERT and T5 text encoders; no image-to-image)",
