@@ -26,7 +26,14 @@ def _model(client: OpenAI, capability: str) -> str:
 
 
 def test_models_lists_each_capability(client: OpenAI) -> None:
+    # A service that does not answer GetModelInfo within its 5 s timeout (one still busy after
+    # start on a loaded 2-core machine) is left out and asked again within a second: the list
+    # must fill in, within a bound.
+    deadline = time.monotonic() + 60
     models = client.models.list().data
+    while len(models) < 4 and time.monotonic() < deadline:
+        time.sleep(1)
+        models = client.models.list().data
     assert {m.capability for m in models} == {"t2i", "vl", "vision", "omni"}
     for model in models:
         assert model.object == "model"
